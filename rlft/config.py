@@ -1,0 +1,14 @@
+"""Where the Hydra configs live, and the resolvers they use."""
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rlft.assets import asset_path
+
+# conf/ sits at the top of the repository (the user's layout); rlft is installed editable.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# `${asset:digits16}` -> the path of a model directory shipped inside the package.
+if not OmegaConf.has_resolver("asset"):
+    OmegaConf.register_new_resolver("asset", asset_path)
