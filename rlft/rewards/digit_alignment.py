@@ -1,0 +1,18 @@
+"""Prompt alignment for the embedded model: log p(prompted digit | image) under the
+project's own digit classifier (weights shipped in rlft/assets/digit_classifier)."""
+
+import torch
+
+from rlft.data.digits import label_of_prompt
+from rlft.models.digits import DigitClassifier
+
+
+class DigitAlignment:
+    def __init__(self, classifier_path: str):
+        self.classifier = DigitClassifier.from_pretrained(classifier_path).eval().requires_grad_(False)
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        labels = torch.tensor([label_of_prompt(p) for p in prompts], device=images.device)
+        self.classifier.to(images.device)
+        log_probs = self.classifier(images.float()).log_softmax(-1)
+        return log_probs.gather(1, labels[:, None]).squeeze(1)

@@ -1,0 +1,41 @@
+"""`train(cfg)`: build everything from the composed config and run the Trainer."""
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlft.validation import validate
+
+
+def check_prompts(policy, prompts: list[str]) -> None:
+    """Encode every prompt once, so a prompt the model cannot encode fails before training."""
+    policy.encode_prompts(sorted(set(prompts)))
+
+
+def build(cfg: DictConfig):
+    """The module, datamodule and trainer a config describes (nothing is run)."""
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    components = instantiate(cfg.model.load)
+    policy = instantiate(cfg.policy, **components)
+    data = instantiate(cfg.data)
+    check_prompts(policy, data.train_prompts + data.eval_prompts)
+    reward_fn = instantiate(cfg.reward)
+    module = instantiate(cfg.algorithm.module, policy=policy, reward_fn=reward_fn)
+    trainer = instantiate(cfg.trainer)
+    return module, data, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    module, data, trainer = build(cfg)
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.logger is not None and "reward/mean" in metrics:
+        # The HParams tab: every config value beside the final reward.
+        trainer.logger.log_hyperparams(
+            OmegaConf.to_container(cfg, resolve=True), {"hp/final_reward_mean": metrics["reward/mean"]}
+        )
+        trainer.logger.save()
+    return metrics

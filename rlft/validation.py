@@ -1,0 +1,49 @@
+"""Checks of a composed config, run before anything is built: a bad value fails at once,
+naming the setting, the value and what is valid."""
+
+from omegaconf import DictConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(ok: bool, setting: str, value, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"{setting}={value!r} is invalid: {valid}")
+
+
+def validate(cfg: DictConfig) -> None:
+    p = cfg.policy
+    _check(p.num_steps >= 1, "policy.num_steps", p.num_steps, "must be an integer >= 1")
+    _check(p.guidance_scale >= 1, "policy.guidance_scale", p.guidance_scale, "must be >= 1 (1 disables guidance)")
+    _check(p.reduction in ("mean", "sum"), "policy.reduction", p.reduction, "must be mean or sum (reduction=mean|sum)")
+    _check(p.lora_rank is None or p.lora_rank >= 1, "policy.lora_rank", p.lora_rank, "must be >= 1, or null for full fine-tuning")
+    _check(p.eta > 0, "policy.eta", p.eta, "must be > 0: eta=0 makes DDIM deterministic, with no log-probability for RL")
+
+    a = cfg.algorithm
+    if a.name == "ppo":
+        d = cfg.data
+        _check(0 < a.clip_range < 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1)")
+        _check(0 < a.timestep_fraction <= 1, "algorithm.timestep_fraction", a.timestep_fraction, "must be in (0, 1]")
+        _check(a.adv_clip_max > 0, "algorithm.adv_clip_max", a.adv_clip_max, "must be > 0")
+        _check(a.max_grad_norm > 0, "algorithm.max_grad_norm", a.max_grad_norm, "must be > 0")
+        _check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
+        _check(a.num_inner_epochs >= 1, "algorithm.num_inner_epochs", a.num_inner_epochs, "must be >= 1")
+        _check(a.sample_batch_size >= 1, "algorithm.sample_batch_size", a.sample_batch_size, "must be >= 1")
+        _check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")
+        _check(d.samples_per_epoch >= 1, "data.samples_per_epoch", d.samples_per_epoch, "must be >= 1")
+        _check(
+            d.samples_per_epoch % a.train_batch_size == 0,
+            "algorithm.train_batch_size", a.train_batch_size,
+            f"must divide data.samples_per_epoch={d.samples_per_epoch}",
+        )
+        micro_batches = d.samples_per_epoch // a.train_batch_size
+        _check(
+            a.gradient_accumulation_steps >= 1 and micro_batches % a.gradient_accumulation_steps == 0,
+            "algorithm.gradient_accumulation_steps", a.gradient_accumulation_steps,
+            f"must be >= 1 and divide the {micro_batches} micro-batches of an epoch "
+            f"(data.samples_per_epoch / algorithm.train_batch_size)",
+        )
+        _check(a.stat_min_count <= a.stat_buffer_size, "algorithm.stat_min_count", a.stat_min_count,
+               f"must be <= algorithm.stat_buffer_size={a.stat_buffer_size}")

@@ -1,0 +1,24 @@
+"""Sample grids for TensorBoard: each image titled with its prompt and reward."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to TensorBoard or PNG files, never a window
+import matplotlib.pyplot as plt
+import torch
+
+
+def sample_grid(images: torch.Tensor, prompts: list[str], rewards: torch.Tensor | None = None, max_images: int = 16, columns: int = 8):
+    """(B, C, H, W) in [0, 1] -> matplotlib Figure of the first `max_images`."""
+    n = min(len(images), max_images)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        image = images[i].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        title = prompts[i] if rewards is None else f"{prompts[i]}\n{float(rewards[i]):.3f}"
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,36 @@
+import os
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from rlft.data.digits import vocabulary
+from rlft.models.digits import build_digits_scheduler
+from rlft.models.prompt_encoder import WordPromptEncoder
+
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+
+
+def tiny_components() -> dict:
+    """A tiny text-conditioned model of the embedded model's layout (random weights)."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=4, norm_num_groups=4,
+    )
+    return {
+        "unet": unet,
+        "scheduler": build_digits_scheduler(),
+        "prompt_encoder": WordPromptEncoder(vocab=vocabulary(), embed_dim=8, max_length=4),
+    }
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A tiny model saved in the layout `load_digits_model` reads (unet/, scheduler/, text_encoder/)."""
+    components = tiny_components()
+    components["unet"].save_pretrained(tmp_path / "unet")
+    components["scheduler"].save_pretrained(tmp_path / "scheduler")
+    components["prompt_encoder"].save_pretrained(tmp_path / "text_encoder")
+    return tmp_path

@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from rlft.config import CONFIG_DIR
+from rlft.train import build
+from rlft.validation import ConfigError, validate
+
+GROUPS = {  # every option of every group of the main app
+    group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    for group in ("model", "algorithm", "reduction", "reward", "trainer")
+}
+
+
+def compose_cfg(overrides=(), output_dir="/tmp/rlft-test"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"hydra.runtime.output_dir={output_dir}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} resolves as in a real run
+    return cfg
+
+
+def test_groups_are_not_empty():
+    assert all(GROUPS.values()), GROUPS
+    assert set(GROUPS["reduction"]) == {"mean", "sum"}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_option_composes_and_validates(group, option):
+    cfg = compose_cfg([f"{group}={option}"])
+    validate(cfg)
+
+
+@pytest.mark.parametrize("option", GROUPS["reward"])
+def test_every_reward_instantiates_and_scores(option):
+    reward = instantiate(compose_cfg([f"reward={option}"]).reward)
+    images = torch.rand(3, 1, 16, 16)
+    rewards = torch.as_tensor(reward(images, ["a handwritten 1", "a handwritten 2", "the number three"]))
+    assert rewards.shape == (3,) and torch.isfinite(rewards).all()
+
+
+@pytest.mark.parametrize("reduction", GROUPS["reduction"])
+def test_reduction_group_sets_the_policy(reduction):
+    assert compose_cfg([f"reduction={reduction}"]).policy.reduction == reduction
+
+
+def test_default_config_builds_module_data_and_trainer(tmp_path):
+    module, data, trainer = build(compose_cfg(output_dir=str(tmp_path)))
+    assert module.policy.reduction == "mean" and len(data.train_prompts) == 10
+    assert trainer.logger.log_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override,valid",
+    [("reduction=avg", ["mean", "sum"]), ("algorithm=dpo", ["ppo"]), ("reward=aesthetics", ["compressibility"])],
+)
+def test_unknown_option_fails_at_composition_with_the_choices(override, valid):
+    with pytest.raises((ConfigCompositionException, MissingConfigException)) as info:
+        compose_cfg([override])
+    message = str(info.value)
+    assert override.split("=")[1] in message and all(v in message for v in valid)
+
+
+@pytest.mark.parametrize(
+    "override,setting",
+    [
+        ("algorithm.clip_range=-1", "algorithm.clip_range=-1"),
+        ("policy.eta=0", "policy.eta=0"),
+        ("algorithm.timestep_fraction=1.5", "algorithm.timestep_fraction"),
+        ("algorithm.train_batch_size=24", "algorithm.train_batch_size=24"),
+        ("algorithm.gradient_accumulation_steps=3", "algorithm.gradient_accumulation_steps=3"),
+        ("policy.guidance_scale=0.5", "policy.guidance_scale"),
+    ],
+)
+def test_invalid_values_fail_before_any_work(override, setting):
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        validate(compose_cfg([override]))
+
+
+def test_prompt_the_model_cannot_encode_fails_in_build(tmp_path):
+    cfg = compose_cfg(['model.prompts.train=["a handwritten dog"]'], output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="dog"):
+        build(cfg)

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from rlft.diffusion.policy import DiffusionPolicy
+from rlft.models.digits import load_digits_model
+from tests.conftest import tiny_components
+
+PROMPTS = ["a handwritten 3", "the number seven", "a handwritten 0"]
+
+
+def make_policy(**kwargs) -> DiffusionPolicy:
+    return DiffusionPolicy(**tiny_components(), **{"num_steps": 5, "guidance_scale": 2.0, **kwargs})
+
+
+def perturb_lora(policy: DiffusionPolicy) -> None:
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_recomputed_log_prob_equals_stored(reduction):
+    """Unchanged weights: ratio == 1 at the first PPO update (DESIGN.md)."""
+    policy = make_policy(reduction=reduction)
+    perturb_lora(policy)  # LoRA B starts at 0; make the adapter actually do something
+    traj = policy.sample(PROMPTS, generator=torch.Generator().manual_seed(0))
+    assert traj.latents.shape == (3, 5, 1, 8, 8) and traj.log_probs.shape == (3, 5)
+    for j in range(5):
+        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
+        torch.testing.assert_close(recomputed, traj.log_probs[:, j], rtol=1e-5, atol=1e-4)
+    assert torch.equal(traj.latents[:, 1:], traj.next_latents[:, :-1])
+
+
+def test_log_prob_changes_when_weights_change_and_has_gradient():
+    policy = make_policy()
+    traj = policy.sample(PROMPTS)
+    perturb_lora(policy)
+    lp = policy.log_prob(traj.latents[:, 2], traj.next_latents[:, 2], traj.timesteps[:, 2], traj.prompt_embeds)
+    assert not torch.allclose(lp, traj.log_probs[:, 2])
+    lp.sum().backward()
+    grads = [p.grad for p in policy.trainable_parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_lora_starts_at_the_base_model_and_trains_only_adapters():
+    components = tiny_components()
+    base_out = components["unet"](torch.ones(1, 1, 8, 8), 10, torch.ones(1, 4, 8)).sample
+    policy = DiffusionPolicy(**components, num_steps=5, lora_rank=2)
+    torch.testing.assert_close(policy.unet(torch.ones(1, 1, 8, 8), 10, torch.ones(1, 4, 8)).sample, base_out)
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert names and all("lora" in n for n in names)
+    assert not any(p.requires_grad for p in policy.prompt_encoder.parameters())
+
+
+def test_full_fine_tuning_trains_the_whole_unet():
+    policy = make_policy(lora_rank=None)
+    assert len(policy.trainable_parameters()) == len(list(policy.unet.parameters()))
+
+
+def test_images_are_in_unit_range():
+    traj = make_policy().sample(PROMPTS)
+    assert traj.images.shape == (3, 1, 8, 8)
+    assert traj.images.min() >= 0 and traj.images.max() <= 1
+
+
+def test_unknown_prompt_word_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"'dog'.*vocabulary"):
+        make_policy().encode_prompts(["a handwritten dog"])
+
+
+def test_loads_through_from_pretrained(tiny_model_dir):
+    components = load_digits_model(str(tiny_model_dir))
+    assert components["scheduler"].config.steps_offset == 1
+    DiffusionPolicy(**components, num_steps=4).sample(["a handwritten 1"])
+
+
+def test_missing_model_directory_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        load_digits_model(str(tmp_path / "nope"))
