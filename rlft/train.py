@@ -30,12 +30,13 @@ def build(cfg: DictConfig):
 def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     module, data, trainer = build(cfg)
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(hparams)  # visible (and in hparams.yaml) while it runs
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.logger is not None and "reward/mean" in metrics:
         # The HParams tab: every config value beside the final reward.
-        trainer.logger.log_hyperparams(
-            OmegaConf.to_container(cfg, resolve=True), {"hp/final_reward_mean": metrics["reward/mean"]}
-        )
+        trainer.logger.log_hyperparams(hparams, {"hp/final_reward_mean": metrics["reward/mean"]})
         trainer.logger.save()
     return metrics

@@ -22,3 +22,20 @@ def sample_grid(images: torch.Tensor, prompts: list[str], rewards: torch.Tensor 
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def metric_curves(series: dict[str, list[tuple[int, float]]], ylabel: str, xlabel: str = "epoch", title: str = ""):
+    """One line per label: label -> [(step, value)]. Returns a matplotlib Figure."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, points in series.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

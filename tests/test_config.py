@@ -51,7 +51,7 @@ def test_reduction_group_sets_the_policy(reduction):
 def test_default_config_builds_module_data_and_trainer(tmp_path):
     module, data, trainer = build(compose_cfg(output_dir=str(tmp_path)))
     assert module.policy.reduction == "mean" and len(data.train_prompts) == 10
-    assert trainer.logger.log_dir == str(tmp_path)
+    assert Path(trainer.logger.log_dir) == tmp_path
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ def test_ppo_run_logs_finite_metrics_and_checkpoints(tiny_model_dir, tmp_path, r
     assert "hp/final_reward_mean" in scalars
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "clip_range" in (run_dir / "hparams.yaml").read_text()
 
 
 def test_sweep_names_runs_by_their_overrides(tiny_model_dir, tmp_path):
@@ -59,9 +60,9 @@ def test_sweep_names_runs_by_their_overrides(tiny_model_dir, tmp_path):
         "-m", "algorithm.clip_range=1e-4,1e-3", "reduction=mean,sum", f"model.pretrained={tiny_model_dir}",
         *TINY_RUN, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
     )
-    runs = sorted(p.parent.name for p in sweep_dir.glob("*/events.out.tfevents.*"))
+    runs = sorted({p.parent.name for p in sweep_dir.glob("*/events.out.tfevents.*")})
     assert len(runs) == 4, runs
-    for clip in ("1e-4", "1e-3"):
+    for clip in ("0.0001", "0.001"):  # Hydra writes the swept floats in their normal form
         for reduction in ("mean", "sum"):
             assert sum(f"algorithm.clip_range={clip}" in r and f"reduction={reduction}" in r for r in runs) == 1, runs
 

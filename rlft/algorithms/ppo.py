@@ -43,6 +43,8 @@ class PPO(L.LightningModule):
         progress: bool = True,
     ):
         super().__init__()
+        # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
+        self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer"], logger=False)
         self.automatic_optimization = False
         self.policy = policy
         self.reward_fn = reward_fn
@@ -96,10 +98,11 @@ class PPO(L.LightningModule):
     @torch.no_grad()
     def sample(self, prompts: list[str]) -> Trajectories:
         chunks = range(0, len(prompts), self.sample_batch_size)
+        # disable=None: bars on a terminal only, not in log files or CI output
         show = self.progress and self.trainer.is_global_zero
         parts = [
             self.policy.sample(prompts[i : i + self.sample_batch_size])
-            for i in tqdm(chunks, desc="sampling", leave=False, disable=not show)
+            for i in tqdm(chunks, desc="sampling", leave=False, disable=None if show else True)
         ]
         return Trajectories.cat(parts)
 
@@ -133,7 +136,7 @@ class PPO(L.LightningModule):
         passes = 0
         bar = tqdm(
             total=self.num_inner_epochs * math.ceil(batch / self.train_batch_size) * train_steps,
-            desc="training", leave=False, disable=not show,
+            desc="training", leave=False, disable=None if show else True,
         )
         for _ in range(self.num_inner_epochs):
             rows = torch.randperm(batch, device=self.device)

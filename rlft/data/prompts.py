@@ -24,6 +24,7 @@ class PromptCycle(Dataset):
 class PromptDataModule(L.LightningDataModule):
     def __init__(self, train: list[str], eval: list[str] | None = None, samples_per_epoch: int = 64):
         super().__init__()
+        self.save_hyperparameters(logger=False)  # train() logs the whole Hydra config
         self.train_prompts = list(train)
         self.eval_prompts = list(eval or train)
         self.samples_per_epoch = samples_per_epoch

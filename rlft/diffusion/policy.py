@@ -120,7 +120,7 @@ class DiffusionPolicy(nn.Module):
         x = self.initial_latents(len(prompts), generator)
         latents, next_latents, log_probs = [], [], []
         timesteps = self.scheduler.timesteps.to(x.device)
-        for t in tqdm(timesteps, desc="denoising", leave=False, disable=not progress):
+        for t in tqdm(timesteps, desc="denoising", leave=False, disable=None if progress else True):
             noise_pred = self.predict_noise(x, t, embeds)
             step = ddim_step_with_logprob(
                 self.scheduler, noise_pred, t, x, eta=self.eta, generator=generator, reduction=self.reduction

@@ -1,0 +1,45 @@
+"""`python -m rlft.sample [ckpt_path=RUN/checkpoints/last.ckpt] [overrides]`: a grid of
+samples, one row per prompt, from the base model or from a trained run's checkpoint.
+
+It composes the same config as `python -m rlft`, so pass the run's model and policy
+overrides (or nothing, for the embedded default)."""
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from rlft.config import CONFIG_DIR
+from rlft.visualize import sample_grid
+
+
+def load_policy(cfg: DictConfig, ckpt_path: str | None = None):
+    policy = instantiate(cfg.policy, **instantiate(cfg.model.load))
+    if ckpt_path:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+        weights = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+        policy.load_state_dict(weights)
+    return policy.eval()
+
+
+def sample_to_png(cfg: DictConfig) -> str:
+    torch.manual_seed(cfg.seed)
+    policy = load_policy(cfg, cfg.ckpt_path)
+    prompts = list(cfg.sample.prompts or cfg.model.prompts.train)
+    per_prompt = cfg.sample.per_prompt
+    batch = [p for p in prompts for _ in range(per_prompt)]
+    images = policy.sample(batch, progress=True).images
+    rewards = instantiate(cfg.reward)(images, batch) if cfg.sample.with_reward else None
+    figure = sample_grid(images, batch, rewards, max_images=len(batch), columns=per_prompt)
+    figure.savefig(cfg.sample.out, dpi=cfg.sample.dpi)
+    print(f"wrote {len(batch)} samples to {cfg.sample.out}")
+    return cfg.sample.out
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="sample", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    sample_to_png(cfg)
+
+
+if __name__ == "__main__":
+    main()

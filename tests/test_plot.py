@@ -1,0 +1,27 @@
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from rlft.plot import main
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    with SummaryWriter(tmp_path / "run") as writer:
+        for step in range(3):
+            writer.add_scalar("reward/mean", -0.5 + 0.1 * step, step)
+    return tmp_path / "run"
+
+
+def test_writes_a_png(run_dir, tmp_path):
+    main([str(run_dir), "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_metric_lists_the_logged_ones(run_dir, tmp_path):
+    with pytest.raises(SystemExit, match=r"no metric 'reward/max'.*reward/mean"):
+        main([str(run_dir), "--metric", "reward/max", "--out", str(tmp_path / "c.png")])
+
+
+def test_directory_without_events_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no TensorBoard event files"):
+        main([str(tmp_path), "--out", str(tmp_path / "c.png")])
