@@ -6,7 +6,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from rlft.config import CONFIG_DIR
+from rlft.config import CONFIG_DIR, check_config_dir
 
 
 def quiet_console() -> None:
@@ -29,6 +29,8 @@ def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metrics.get("reward/mean")  # for Hydra sweepers that optimise
 
+
+check_config_dir()
 
 if __name__ == "__main__":
     main()

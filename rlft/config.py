@@ -12,3 +12,11 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # `${asset:digits16}` -> the path of a model directory shipped inside the package.
 if not OmegaConf.has_resolver("asset"):
     OmegaConf.register_new_resolver("asset", asset_path)
+
+
+def check_config_dir() -> None:
+    if not Path(CONFIG_DIR).is_dir():
+        raise SystemExit(
+            f"rlft: its Hydra configs are not at {CONFIG_DIR}. rlft runs from its repository: "
+            "install it with `pip install -e .` in the clone (see README.md)."
+        )

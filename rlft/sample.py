@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rlft.config import CONFIG_DIR
+from rlft.config import CONFIG_DIR, check_config_dir
 from rlft.visualize import sample_grid
 
 
@@ -40,6 +40,8 @@ def sample_to_png(cfg: DictConfig) -> str:
 def main(cfg: DictConfig) -> None:
     sample_to_png(cfg)
 
+
+check_config_dir()
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,15 @@
 """`train(cfg)`: build everything from the composed config and run the Trainer."""
 
+import logging
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlft.validation import validate
+
+log = logging.getLogger(__name__)
 
 
 def check_prompts(policy, prompts: list[str]) -> None:
@@ -33,8 +37,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     hparams = OmegaConf.to_container(cfg, resolve=True)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(hparams)  # visible (and in hparams.yaml) while it runs
+        log.info(f"run directory: {trainer.logger.log_dir}  (tensorboard --logdir {trainer.logger.log_dir})")
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if module.first_reward_mean is not None and "reward/mean" in metrics:
+        log.info(f"reward/mean: {module.first_reward_mean:.4f} (first epoch) -> {metrics['reward/mean']:.4f} (last)")
     if trainer.logger is not None and "reward/mean" in metrics:
         # The HParams tab: every config value beside the final reward.
         trainer.logger.log_hyperparams(hparams, {"hp/final_reward_mean": metrics["reward/mean"]})

@@ -85,3 +85,10 @@ def test_prompt_the_model_cannot_encode_fails_in_build(tmp_path):
     cfg = compose_cfg(['model.prompts.train=["a handwritten dog"]'], output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="dog"):
         build(cfg)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_with_its_sweep(experiment):
+    cfg = compose_cfg([f"+experiment={experiment}"])
+    validate(cfg)
+    assert cfg.hydra.sweeper.params, f"experiment {experiment} sweeps nothing"

@@ -49,6 +49,9 @@ def test_ppo_run_logs_finite_metrics_and_checkpoints(tiny_model_dir, tmp_path, r
     assert all(v == 0 for _, v in scalars["train/clipfrac_first_update"])
     assert scalars["oracle/queries"][-1][1] == 16
     assert "hp/final_reward_mean" in scalars
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    undocumented = [tag for tag in scalars if f"`{tag}`" not in readme]
+    assert not undocumented, f"README.md's metric table lacks {undocumented}"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert "clip_range" in (run_dir / "hparams.yaml").read_text()

@@ -62,6 +62,7 @@ class PPO(L.LightningModule):
         self.log_images_every_n_epochs = log_images_every_n_epochs
         self.progress = progress
         self.oracle_queries = 0  # every image scored by the reward counts
+        self.first_reward_mean = None  # this process's first epoch, for the closing summary
         self.skipped_steps = 0
 
     def configure_optimizers(self):
@@ -92,6 +93,8 @@ class PPO(L.LightningModule):
             **train_stats,
         }
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
+        if self.first_reward_mean is None:
+            self.first_reward_mean = float(rewards.mean())
         self.log("reward", float(rewards.mean()), prog_bar=True, logger=False)
         self.log_samples(trajectories, rewards)
 
@@ -183,7 +186,8 @@ class PPO(L.LightningModule):
 
     def log_samples(self, traj: Trajectories, rewards: torch.Tensor) -> None:
         every = self.log_images_every_n_epochs
-        if not every or self.current_epoch % every and self.current_epoch != self.trainer.max_epochs - 1:
+        last_epoch = self.current_epoch == self.trainer.max_epochs - 1
+        if not every or (self.current_epoch % every and not last_epoch):
             return
         if self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
             return

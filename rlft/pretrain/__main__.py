@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlft.assets import ASSETS_DIR
-from rlft.config import CONFIG_DIR
+from rlft.config import CONFIG_DIR, check_config_dir
 from rlft.data.digits import load_digits
 
 
@@ -44,6 +44,8 @@ def pretrain(cfg: DictConfig) -> str:
 def main(cfg: DictConfig) -> None:
     pretrain(cfg)
 
+
+check_config_dir()
 
 if __name__ == "__main__":
     main()
