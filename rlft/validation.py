@@ -1,6 +1,7 @@
 """Checks of a composed config, run before anything is built: a bad value fails at once,
 naming the setting, the value and what is valid."""
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 
@@ -20,6 +21,9 @@ def validate(cfg: DictConfig) -> None:
     _check(p.reduction in ("mean", "sum"), "policy.reduction", p.reduction, "must be mean or sum (reduction=mean|sum)")
     _check(p.lora_rank is None or p.lora_rank >= 1, "policy.lora_rank", p.lora_rank, "must be >= 1, or null for full fine-tuning")
     _check(p.eta > 0, "policy.eta", p.eta, "must be > 0: eta=0 makes DDIM deterministic, with no log-probability for RL")
+
+    if "aggregation" in cfg:
+        instantiate(cfg.aggregation)  # each aggregation checks its own parameters
 
     a = cfg.algorithm
     if a.name == "ppo":

@@ -13,7 +13,7 @@ from rlft.validation import ConfigError, validate
 
 GROUPS = {  # every option of every group of the main app
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-    for group in ("model", "algorithm", "reduction", "reward", "trainer")
+    for group in ("model", "algorithm", "reduction", "reward", "aggregation", "trainer")
 }
 
 
@@ -79,6 +79,15 @@ def test_unknown_option_fails_at_composition_with_the_choices(override, valid):
 def test_invalid_values_fail_before_any_work(override, setting):
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
         validate(compose_cfg([override]))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [(["aggregation=softmax", "aggregation.temperature=0"], "temperature=0"), (["aggregation=ucb", "aggregation.kappa=-1"], "kappa=-1")],
+)
+def test_invalid_aggregation_fails_at_start(overrides, match):
+    with pytest.raises(Exception, match=match):
+        validate(compose_cfg(overrides))
 
 
 def test_prompt_the_model_cannot_encode_fails_in_build(tmp_path):
