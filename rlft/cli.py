@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> float | None:
 
     quiet_console()
     metrics = train(cfg)
-    return metrics.get("reward/mean")  # for Hydra sweepers that optimise
+    return metrics.get("reward/mean", metrics.get("eval/oracle_reward"))  # for Hydra sweepers that optimise
 
 
 check_config_dir()

@@ -10,8 +10,10 @@ from rlft.assets import asset_path
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # `${asset:digits16}` -> the path of a model directory shipped inside the package.
-if not OmegaConf.has_resolver("asset"):
-    OmegaConf.register_new_resolver("asset", asset_path)
+# `${len:${.queries_per_round}}`, `${mul:a,b}`: SEIKO's epochs from its round schedule.
+for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b)):
+    if not OmegaConf.has_resolver(name):
+        OmegaConf.register_new_resolver(name, resolver)
 
 
 def check_config_dir() -> None:

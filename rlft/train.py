@@ -25,8 +25,8 @@ def build(cfg: DictConfig):
     policy = instantiate(cfg.policy, **components)
     data = instantiate(cfg.data)
     check_prompts(policy, data.train_prompts + data.eval_prompts)
-    reward_fn = instantiate(cfg.reward)
-    module = instantiate(cfg.algorithm.module, policy=policy, reward_fn=reward_fn)
+    # The algorithm's config names its other inputs (reward, ensemble, aggregation...).
+    module = instantiate(cfg.algorithm.module, policy=policy)
     trainer = instantiate(cfg.trainer)
     return module, data, trainer
 
@@ -40,10 +40,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info(f"run directory: {trainer.logger.log_dir}  (tensorboard --logdir {trainer.logger.log_dir})")
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if module.first_reward_mean is not None and "reward/mean" in metrics:
-        log.info(f"reward/mean: {module.first_reward_mean:.4f} (first epoch) -> {metrics['reward/mean']:.4f} (last)")
-    if trainer.logger is not None and "reward/mean" in metrics:
-        # The HParams tab: every config value beside the final reward.
-        trainer.logger.log_hyperparams(hparams, {"hp/final_reward_mean": metrics["reward/mean"]})
+    name = module.summary_metric
+    if module.first_reward_mean is not None and name in metrics:
+        log.info(f"{name}: {module.first_reward_mean:.4f} (first) -> {metrics[name]:.4f} (last)")
+    if trainer.logger is not None and name in metrics:
+        # The HParams tab: every config value beside the final value of the summary metric.
+        trainer.logger.log_hyperparams(hparams, {"hp/final_" + name.replace("/", "_"): metrics[name]})
         trainer.logger.save()
     return metrics

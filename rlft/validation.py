@@ -51,3 +51,14 @@ def validate(cfg: DictConfig) -> None:
         )
         _check(a.stat_min_count <= a.stat_buffer_size, "algorithm.stat_min_count", a.stat_min_count,
                f"must be <= algorithm.stat_buffer_size={a.stat_buffer_size}")
+
+    if a.name == "seiko":
+        budget = list(a.queries_per_round)
+        _check(len(budget) > 0 and all(isinstance(n, int) and n > 0 for n in budget),
+               "algorithm.queries_per_round", budget, "must be a non-empty list of positive query counts")
+        _check(a.num_heads >= 1, "algorithm.num_heads", a.num_heads, "must be >= 1 (the public SEIKO code uses 4)")
+        _check(a.epochs_per_round >= 1, "algorithm.epochs_per_round", a.epochs_per_round, "must be >= 1")
+        _check(1 <= a.truncation_steps <= p.num_steps, "algorithm.truncation_steps", a.truncation_steps,
+               f"must be in [1, policy.num_steps={p.num_steps}]")
+        _check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0")
+        _check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")

@@ -26,11 +26,15 @@ def tiny_components() -> dict:
     }
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path):
+def save_tiny_model(path):
     """A tiny model saved in the layout `load_digits_model` reads (unet/, scheduler/, text_encoder/)."""
     components = tiny_components()
-    components["unet"].save_pretrained(tmp_path / "unet")
-    components["scheduler"].save_pretrained(tmp_path / "scheduler")
-    components["prompt_encoder"].save_pretrained(tmp_path / "text_encoder")
-    return tmp_path
+    components["unet"].save_pretrained(path / "unet")
+    components["scheduler"].save_pretrained(path / "scheduler")
+    components["prompt_encoder"].save_pretrained(path / "text_encoder")
+    return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    return save_tiny_model(tmp_path)

@@ -108,3 +108,20 @@ def test_schedule_with_a_deterministic_step_is_refused():
     with pytest.raises(ValueError, match=r"timestep\(s\) \[0\].*steps_offset=1"):
         check_stochastic(scheduler)
     check_stochastic(make_scheduler())  # steps_offset=1: every step stochastic
+
+
+def test_sampled_step_is_reparameterised():
+    scheduler = make_scheduler()
+    out = torch.randn(2, 4, 8, 8, requires_grad=True)
+    step = ddim_step_with_logprob(scheduler, out, scheduler.timesteps[2], torch.randn(2, 4, 8, 8), 1.0)
+    step.prev_sample.sum().backward()
+    assert out.grad is not None and out.grad.abs().sum() > 0
+
+
+def test_kl_of_equal_std_gaussians_matches_torch():
+    from rlft.diffusion.ddim import gaussian_kl_equal_std
+
+    mean, ref, std = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.full((3, 1, 1, 1), 0.3)
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std), torch.distributions.Normal(ref, std))
+    torch.testing.assert_close(gaussian_kl_equal_std(mean, ref, std, "sum"), expected.flatten(1).sum(1))
+    torch.testing.assert_close(gaussian_kl_equal_std(mean, ref, std, "mean"), expected.flatten(1).mean(1))

@@ -77,3 +77,28 @@ def test_loads_through_from_pretrained(tiny_model_dir):
 def test_missing_model_directory_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
         load_digits_model(str(tmp_path / "nope"))
+
+
+def test_sample_with_grad_reaches_only_through_the_last_steps():
+    import copy
+
+    policy = make_policy(num_steps=4)
+    perturb_lora(policy)
+    reference = copy.deepcopy(policy.unet).requires_grad_(False)
+    images, kl = policy.sample_with_grad(PROMPTS, grad_steps=2, reference_unet=reference)
+    assert images.shape == (3, 1, 8, 8) and images.requires_grad
+    torch.testing.assert_close(kl, torch.zeros(3))  # same weights as the reference: KL 0
+    images.mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+
+
+def test_kl_grows_when_the_policy_moves_away_from_its_reference():
+    import copy
+
+    policy = make_policy(num_steps=4)
+    reference = copy.deepcopy(policy.unet).requires_grad_(False)
+    perturb_lora(policy)
+    _, kl = policy.sample_with_grad(PROMPTS, grad_steps=4, reference_unet=reference, checkpoint=False)
+    assert (kl > 0).all()
+    kl.sum().backward()
+    assert all(p.grad is not None for p in policy.trainable_parameters())

@@ -22,6 +22,7 @@ def test_bootstrap_counts_are_resamples():
 
 
 def fit(ensemble, features, rewards, epochs=60):
+    ensemble.set_reward_scale(rewards)
     counts = bootstrap_counts(len(features), ensemble.hparams.num_heads, torch.Generator().manual_seed(0))
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
@@ -55,3 +56,13 @@ def test_output_is_differentiable_in_the_images():
 def test_zero_heads_is_a_clear_error():
     with pytest.raises(ValueError, match="num_heads=0"):
         RewardEnsemble(FlattenBackbone(), feature_dim=4, num_heads=0)
+
+
+def test_small_rewards_far_from_zero_are_fitted():
+    """JPEG-size-like rewards (-0.55 +- 0.02): standardised targets make them learnable."""
+    torch.manual_seed(1)
+    images = torch.rand(256, 1, 2, 2)
+    rewards = -0.55 + 0.02 * (images.flatten(1).sum(1) - 2)
+    ensemble = RewardEnsemble(FlattenBackbone(), feature_dim=4, num_heads=4, hidden_dim=32, lr=1e-2)
+    metrics = fit(ensemble, images.flatten(1), rewards)
+    assert metrics["ensemble/val_mae"] < 0.2 * rewards.std()

@@ -22,6 +22,7 @@ from rlft.visualize import sample_grid
 
 
 class PPO(L.LightningModule):
+    summary_metric = "reward/mean"  # what train() reports and the HParams tab shows
     def __init__(
         self,
         policy: DiffusionPolicy,

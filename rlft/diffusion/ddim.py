@@ -120,8 +120,18 @@ def ddim_step_with_logprob(
 
     if prev_sample is None:
         noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        # Reparameterised: carries the mean's gradient when sampling with grad (SEIKO).
         prev_sample = mean + std * noise
-    prev_sample = prev_sample.detach().float()
+    else:
+        prev_sample = prev_sample.float()
 
-    log_density = -((prev_sample - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+    # The density is of a fixed point: no gradient through x_t' (DESIGN.md).
+    target = prev_sample.detach()
+    log_density = -((target - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
     return DDIMStep(prev_sample, reduce_over_sample(log_density, reduction), mean, std)
+
+
+def gaussian_kl_equal_std(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, reduction: str) -> torch.Tensor:
+    """KL between two DDIM Gaussians of equal std: (mean - ref_mean)^2 / (2 std^2), reduced
+    over the non-batch dimensions like the log-probability. (B, ...) -> (B,)."""
+    return reduce_over_sample((mean - ref_mean) ** 2 / (2 * std**2), reduction)

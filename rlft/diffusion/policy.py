@@ -7,12 +7,13 @@ each transition's log-probability later, and recomputes it with gradients.
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from peft import LoraConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlft.diffusion.ddim import check_stochastic, ddim_step_with_logprob
+from rlft.diffusion.ddim import check_stochastic, ddim_step_with_logprob, gaussian_kl_equal_std
 
 
 @dataclass
@@ -94,14 +95,18 @@ class DiffusionPolicy(nn.Module):
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         return self.prompt_encoder.encode(prompts)
 
-    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
-        """UNet output with classifier-free guidance, both branches in one batched call."""
-        dtype = self.unet.dtype
+    def predict_noise(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor, unet: nn.Module | None = None
+    ) -> torch.Tensor:
+        """UNet output with classifier-free guidance, both branches in one batched call.
+        `unet` replaces the policy's own (a frozen reference copy for SEIKO's KL)."""
+        unet = unet or self.unet
+        dtype = unet.dtype
         if self.guidance_scale == 1.0:
-            return self.unet(latents.to(dtype), timesteps, prompt_embeds.to(dtype)).sample
+            return unet(latents.to(dtype), timesteps, prompt_embeds.to(dtype)).sample
         uncond = self.uncond_embed.expand(len(latents), -1, -1)
         timesteps = torch.as_tensor(timesteps, device=latents.device).expand(len(latents))
-        out = self.unet(
+        out = unet(
             torch.cat([latents, latents]).to(dtype),
             torch.cat([timesteps, timesteps]),
             torch.cat([uncond, prompt_embeds]).to(dtype),
@@ -138,6 +143,43 @@ class DiffusionPolicy(nn.Module):
             timesteps=timesteps.unsqueeze(0).expand(len(prompts), -1),
             images=self.decode(x),
         )
+
+    def sample_with_grad(
+        self,
+        prompts: list[str],
+        grad_steps: int,
+        reference_unet: nn.Module | None = None,
+        checkpoint: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample with the gradient kept through the last `grad_steps` denoising steps
+        (truncated backpropagation; earlier steps run without a graph). Returns images
+        (B, C, H', W') in [0, 1] and the KL (B,) to `reference_unet` summed over those steps.
+
+        The KL at each step is that of the two DDIM Gaussians at the same x_t (reference
+        evaluated without gradient), reduced like the log-probability.
+        """
+        embeds = self.encode_prompts(prompts)
+        x = self.initial_latents(len(prompts))
+        kl = torch.zeros(len(prompts), device=x.device)
+        timesteps = self.scheduler.timesteps.to(x.device)
+        first_grad_step = len(timesteps) - grad_steps
+        for i, t in enumerate(timesteps):
+            with torch.set_grad_enabled(i >= first_grad_step):
+                if i >= first_grad_step and checkpoint:
+                    # Recompute the UNet's activations in the backward pass: memory of one step, not all.
+                    noise_pred = torch.utils.checkpoint.checkpoint(self.predict_noise, x, t, embeds, use_reentrant=False)
+                else:
+                    noise_pred = self.predict_noise(x, t, embeds)
+                step = ddim_step_with_logprob(self.scheduler, noise_pred, t, x, eta=self.eta, reduction=self.reduction)
+                if i >= first_grad_step and reference_unet is not None:
+                    with torch.no_grad():
+                        ref_pred = self.predict_noise(x.detach(), t, embeds, unet=reference_unet)
+                        ref = ddim_step_with_logprob(
+                            self.scheduler, ref_pred, t, x.detach(), eta=self.eta, prev_sample=step.prev_sample
+                        )
+                    kl = kl + gaussian_kl_equal_std(step.mean, ref.mean, step.std, self.reduction)
+            x = step.prev_sample
+        return self.decode(x), kl
 
     def log_prob(
         self, latents: torch.Tensor, next_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor

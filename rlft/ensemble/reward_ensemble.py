@@ -26,9 +26,24 @@ class RewardEnsemble(L.LightningModule):
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1)) for _ in range(num_heads)
         )
+        # Heads predict standardised rewards; outputs are in reward units. A reward such as
+        # JPEG size varies by 0.02 around -0.55: unscaled, the heads would fit the offset only.
+        self.register_buffer("reward_mean", torch.zeros(()))
+        self.register_buffer("reward_std", torch.ones(()))
+
+    def set_reward_scale(self, rewards: torch.Tensor) -> None:
+        self.reward_mean.fill_(float(rewards.mean()))
+        self.reward_std.fill_(float(rewards.std(unbiased=False).clamp(min=1e-6)))
+
+    def standardised_heads(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B, K) in units of the feedback's std around its mean."""
+        return torch.cat([head(features) for head in self.heads], dim=-1)
 
     def heads_on_features(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([head(features) for head in self.heads], dim=-1)  # (B, K)
+        return self.standardised_heads(features) * self.reward_std + self.reward_mean
+
+    def to_reward_units(self, standardised: torch.Tensor) -> torch.Tensor:
+        return standardised * self.reward_std + self.reward_mean
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(images)
@@ -38,7 +53,8 @@ class RewardEnsemble(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         features, rewards, counts = batch
-        errors = (self.heads_on_features(features) - rewards[:, None]) ** 2  # (B, K)
+        targets = (rewards - self.reward_mean) / self.reward_std
+        errors = (self.standardised_heads(features) - targets[:, None]) ** 2  # (B, K)
         # Each head's loss is the mean squared error over its own resample.
         loss = ((errors * counts).sum(0) / counts.sum(0).clamp(min=1)).sum()
         self.log("ensemble/train_loss", loss, on_step=False, on_epoch=True)

@@ -1,0 +1,223 @@
+"""SEIKO (Uehara, Zhao et al. 2024): feedback-efficient online fine-tuning with an
+optimistic bootstrap reward ensemble and KL-regularised reward backpropagation.
+
+A round is `epochs_per_round` Lightning epochs. At a round's first epoch the module
+1. samples `queries_per_round[i]` images from the current policy,
+2. queries the oracle on them (the only place the oracle is called; every call counts),
+3. refits the reward ensemble on all feedback so far (a Lightning Trainer, each head on its
+   own bootstrap resample), and freezes the current policy as the KL reference;
+then every epoch fine-tunes the policy to maximise the aggregated ensemble reward minus
+`kl_weight` * KL(policy || previous round's policy), backpropagating through the last
+`truncation_steps` denoising steps.
+"""
+
+import copy
+import time
+from typing import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from rlft.diffusion.policy import DiffusionPolicy
+from rlft.ensemble.bootstrap import bootstrap_counts
+from rlft.ensemble.reward_ensemble import RewardEnsemble
+from rlft.visualize import sample_grid
+
+
+class SEIKO(L.LightningModule):
+    summary_metric = "eval/oracle_reward"  # what train() reports and the HParams tab shows
+    def __init__(
+        self,
+        policy: DiffusionPolicy,
+        oracle: Callable,
+        evaluator: Callable,
+        ensemble: RewardEnsemble,
+        aggregation: Callable,
+        optimizer: Callable,
+        queries_per_round: list[int],
+        epochs_per_round: int = 3,
+        truncation_steps: int = 3,
+        kl_weight: float = 0.01,
+        train_batch_size: int = 16,
+        sample_batch_size: int = 64,
+        max_grad_norm: float = 1.0,
+        gradient_checkpointing: bool = True,
+        ensemble_epochs: int = 100,
+        ensemble_batch_size: int = 64,
+        ensemble_val_fraction: float = 0.1,
+        eval_samples_per_prompt: int = 4,
+        log_images_every_n_epochs: int = 3,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["policy", "oracle", "evaluator", "ensemble", "aggregation", "optimizer"], logger=False)
+        self.automatic_optimization = False
+        self.policy = policy
+        self.oracle = oracle
+        self.evaluator = evaluator  # a separate reward instance: measurement only, never fed back
+        self.ensemble = ensemble
+        self.aggregation = aggregation
+        self.optimizer_factory = optimizer
+        self.queries_per_round = list(queries_per_round)
+        self.epochs_per_round = epochs_per_round
+        self.reference_unet = None  # the previous round's policy, frozen
+        self.oracle_queries = 0
+        self.feedback_features: torch.Tensor | None = None  # (N, feature_dim), all queries so far
+        self.feedback_rewards: torch.Tensor | None = None  # (N,)
+        self.first_reward_mean = None
+        self.base_eval = None
+        self.round_metrics: dict[str, float] = {}
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.policy.trainable_parameters())
+
+    # -- the round: query the oracle, refit the ensemble --------------------------------
+    @torch.no_grad()
+    def sample_images(self, prompts: list[str], desc: str) -> torch.Tensor:
+        size = self.hparams.sample_batch_size
+        show = self.hparams.progress and self.trainer.is_global_zero
+        chunks = range(0, len(prompts), size)
+        return torch.cat([
+            self.policy.sample(prompts[i : i + size]).images
+            for i in tqdm(chunks, desc=desc, leave=False, disable=None if show else True)
+        ])
+
+    def query_oracle(self, round_index: int) -> dict[str, float]:
+        n = self.queries_per_round[round_index]
+        prompts = self.trainer.datamodule.train_prompts
+        order = torch.randint(len(prompts), (n,))
+        query_prompts = [prompts[i] for i in order]
+        images = self.sample_images(query_prompts, f"round {round_index}: sampling {n} queries")
+        rewards = torch.as_tensor(self.oracle(images, query_prompts)).float().cpu()
+        self.oracle_queries += n
+        if not torch.isfinite(rewards).all():
+            raise FloatingPointError(f"the oracle returned {int((~torch.isfinite(rewards)).sum())} non-finite rewards")
+        with torch.no_grad():
+            features = self.ensemble.features(images).cpu()
+        if self.feedback_features is None:
+            self.feedback_features, self.feedback_rewards = features, rewards
+        else:
+            self.feedback_features = torch.cat([self.feedback_features, features])
+            self.feedback_rewards = torch.cat([self.feedback_rewards, rewards])
+        return {"oracle/reward_mean": float(rewards.mean()), **self.fit_ensemble()}
+
+    def fit_ensemble(self) -> dict[str, float]:
+        """Refit the heads on all feedback so far with a Lightning Trainer of its own."""
+        n = len(self.feedback_rewards)
+        order = torch.randperm(n)
+        n_val = max(1, int(n * self.hparams.ensemble_val_fraction))
+        val, train = order[:n_val], order[n_val:]
+        counts = bootstrap_counts(len(train), len(self.ensemble.heads))
+        train_data = TensorDataset(self.feedback_features[train], self.feedback_rewards[train], counts)
+        val_data = TensorDataset(self.feedback_features[val], self.feedback_rewards[val])
+        self.ensemble.set_reward_scale(self.feedback_rewards[train])
+        self.ensemble.heads.requires_grad_(True)
+        outer_trainer = self.ensemble._trainer
+        trainer = L.Trainer(
+            max_epochs=self.hparams.ensemble_epochs, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, accelerator=self.trainer.accelerator,
+            devices=1, num_sanity_val_steps=0, check_val_every_n_epoch=self.hparams.ensemble_epochs,
+        )
+        trainer.fit(
+            self.ensemble,
+            DataLoader(train_data, batch_size=self.hparams.ensemble_batch_size, shuffle=True),
+            DataLoader(val_data, batch_size=1024),
+        )
+        self.ensemble.trainer = outer_trainer  # hand the submodule back to the outer fit
+        self.ensemble.heads.requires_grad_(False)  # the policy's loss must not move the heads
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ensemble/")}
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch % self.epochs_per_round == 0:
+            round_index = self.current_epoch // self.epochs_per_round
+            self.round_metrics = self.query_oracle(round_index)
+            self.round_metrics["oracle/round"] = float(round_index)
+            self.reference_unet = copy.deepcopy(self.policy.unet).requires_grad_(False)
+
+    # -- fine-tuning through the sampling chain ----------------------------------------
+    def training_step(self, prompts: list[str], batch_idx: int):
+        t0 = time.perf_counter()
+        optimizer = self.optimizers()
+        stats = {"reward_model": [], "kl": [], "loss": [], "grad_norm": [], "disagreement": []}
+        size = self.hparams.train_batch_size
+        show = self.hparams.progress and self.trainer.is_global_zero
+        for start in tqdm(range(0, len(prompts), size), desc="fine-tuning", leave=False, disable=None if show else True):
+            images, kl = self.policy.sample_with_grad(
+                prompts[start : start + size], self.hparams.truncation_steps, self.reference_unet,
+                checkpoint=self.hparams.gradient_checkpointing,
+            )
+            # Aggregated in units of the feedback's std: kl_weight and the aggregation's
+            # temperature mean the same whatever the reward's scale (JPEG kB or aesthetic score).
+            head_z = self.ensemble.standardised_heads(self.ensemble.features(images))  # (B, K)
+            objective = self.aggregation(head_z)
+            loss = -objective.mean() + self.hparams.kl_weight * kl.mean()
+            reward_model = self.ensemble.to_reward_units(objective)
+            head_rewards = self.ensemble.to_reward_units(head_z)
+            self.manual_backward(loss)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.hparams.max_grad_norm)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for k, v in (("reward_model", reward_model.mean()), ("kl", kl.mean()), ("loss", loss),
+                         ("grad_norm", grad_norm), ("disagreement", head_rewards.std(-1, unbiased=False).mean())):
+                stats[k].append(v.detach())
+        t1 = time.perf_counter()
+        eval_reward = self.evaluate()
+        metrics = {
+            **{f"train/{k}": float(torch.stack(v).mean()) for k, v in stats.items() if k != "disagreement"},
+            "ensemble/disagreement": float(torch.stack(stats["disagreement"]).mean()),
+            "oracle/queries": float(self.oracle_queries),
+            "eval/oracle_reward": eval_reward,
+            "time/train_s": t1 - t0,
+            "time/eval_s": time.perf_counter() - t1,
+            **self.round_metrics,
+        }
+        self.round_metrics = {}
+        # Step = epoch + 1: step 0 holds the evaluation of the base model, before any query.
+        self.logger.log_metrics(metrics, step=self.current_epoch + 1) if self.logger else None
+        self.log("eval/oracle_reward", eval_reward, prog_bar=True, logger=False)
+        if self.first_reward_mean is None:
+            self.first_reward_mean = self.base_eval
+        self.log_samples()
+
+    # -- evaluation on held-out prompts ------------------------------------------------
+    def evaluate(self) -> float:
+        prompts = [p for p in self.trainer.datamodule.eval_prompts for _ in range(self.hparams.eval_samples_per_prompt)]
+        self.last_eval_images = self.sample_images(prompts, "evaluating")
+        self.last_eval_prompts = prompts
+        self.last_eval_rewards = torch.as_tensor(self.evaluator(self.last_eval_images, prompts)).float()
+        return float(self.last_eval_rewards.mean())
+
+    def on_train_start(self) -> None:
+        if self.current_epoch == 0:
+            self.base_eval = self.evaluate()
+            if self.logger:
+                self.logger.log_metrics({"eval/oracle_reward": self.base_eval, "oracle/queries": 0.0}, step=0)
+
+    def log_samples(self) -> None:
+        every = self.hparams.log_images_every_n_epochs
+        last_epoch = self.current_epoch == self.trainer.max_epochs - 1
+        if not every or (self.current_epoch % every and not last_epoch) or self.logger is None:
+            return
+        figure = sample_grid(self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards)
+        self.logger.experiment.add_figure("samples", figure, self.current_epoch + 1)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rlft"] = {
+            "oracle_queries": self.oracle_queries,
+            "feedback_features": self.feedback_features,
+            "feedback_rewards": self.feedback_rewards,
+            "reference_unet": self.reference_unet.state_dict() if self.reference_unet is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rlft", {})
+        self.oracle_queries = state.get("oracle_queries", 0)
+        self.feedback_features = state.get("feedback_features")
+        self.feedback_rewards = state.get("feedback_rewards")
+        if state.get("reference_unet") is not None:
+            self.reference_unet = copy.deepcopy(self.policy.unet).requires_grad_(False)
+            self.reference_unet.load_state_dict(state["reference_unet"])
