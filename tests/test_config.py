@@ -13,7 +13,7 @@ from rlft.validation import ConfigError, validate
 
 GROUPS = {  # every option of every group of the main app
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-    for group in ("model", "algorithm", "reduction", "reward", "aggregation", "trainer")
+    for group in ("model", "algorithm", "reduction", "reward", "aggregation", "ensemble", "trainer")
 }
 
 

@@ -9,6 +9,7 @@ def run_dir(tmp_path):
     with SummaryWriter(tmp_path / "run") as writer:
         for step in range(3):
             writer.add_scalar("reward/mean", -0.5 + 0.1 * step, step)
+            writer.add_scalar("oracle/queries", 64.0 * step, step)
     return tmp_path / "run"
 
 
@@ -25,3 +26,13 @@ def test_unknown_metric_lists_the_logged_ones(run_dir, tmp_path):
 def test_directory_without_events_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no TensorBoard event files"):
         main([str(tmp_path), "--out", str(tmp_path / "c.png")])
+
+
+def test_against_another_metric(run_dir, tmp_path, monkeypatch):
+    import rlft.plot
+
+    seen = {}
+    real = rlft.plot.metric_curves
+    monkeypatch.setattr(rlft.plot, "metric_curves", lambda series, **kw: seen.update(series) or real(series, **kw))
+    main([str(run_dir), "--x", "oracle/queries", "--out", str(tmp_path / "c.png")])
+    assert [x for x, _ in seen["run"]] == [0.0, 64.0, 128.0]

@@ -66,3 +66,30 @@ def test_small_rewards_far_from_zero_are_fitted():
     ensemble = RewardEnsemble(FlattenBackbone(), feature_dim=4, num_heads=4, hidden_dim=32, lr=1e-2)
     metrics = fit(ensemble, images.flatten(1), rewards)
     assert metrics["ensemble/val_mae"] < 0.2 * rewards.std()
+
+
+class TinyMember(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(4, 16), nn.SiLU(), nn.Linear(16, 1))
+
+    def forward(self, images):
+        return self.net(images)
+
+
+def test_independent_members_fit_on_images_and_start_different():
+    torch.manual_seed(2)
+    images = torch.rand(256, 1, 2, 2)
+    rewards = images.flatten(1).sum(1)
+    ensemble = RewardEnsemble(member=TinyMember, num_heads=3, lr=1e-2)
+    assert torch.equal(ensemble.features(images), images)
+    first = [p for p in ensemble.heads[0].parameters()][0]
+    second = [p for p in ensemble.heads[1].parameters()][0]
+    assert not torch.equal(first, second)  # independent initialisations
+    metrics = fit(ensemble, images, rewards)
+    assert metrics["ensemble/val_mae"] < 0.1 * rewards.std()
+
+
+def test_backbone_and_member_are_exclusive():
+    with pytest.raises(ValueError, match="either"):
+        RewardEnsemble(FlattenBackbone(), feature_dim=4, member=TinyMember)

@@ -17,7 +17,7 @@ TINY_SEIKO = [
     "algorithm.truncation_steps=2",
     "algorithm.train_batch_size=4",
     "algorithm.module.ensemble_epochs=3",
-    "algorithm.module.eval_samples_per_prompt=1",
+    "algorithm.module.evaluation.samples_per_prompt=1",
     "data.samples_per_epoch=8",
     "policy.num_steps=3",
     "model.reward_feature_dim=4",
@@ -95,3 +95,14 @@ def test_invalid_seiko_settings_fail_before_any_work(override, match):
 
     with pytest.raises(ConfigError, match=match):
         validate(compose_cfg(["algorithm=seiko", override]))
+
+
+def test_independent_members_run_end_to_end(tmp_path, tiny_model_dir):
+    cfg = compose_cfg([*TINY_SEIKO, "ensemble=independent", "algorithm.queries_per_round=[8]",
+                       f"model.pretrained={tiny_model_dir}"], output_dir=str(tmp_path))
+    module, data, trainer = build(cfg)
+    trainer.fit(module, datamodule=data)
+    assert module.oracle_queries == 8
+    assert module.feedback_features.shape == (8, 1, 8, 8)  # members read the images themselves
+    scalars = read_scalars(tmp_path)
+    assert all(math.isfinite(v) for _, v in scalars["ensemble/val_mae"] + scalars["train/reward_model"])

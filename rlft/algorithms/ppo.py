@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized
+from rlft.algorithms.evaluation import HeldOutEvaluation
+from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.diffusion.policy import DiffusionPolicy, Trajectories
 from rlft.visualize import sample_grid
@@ -41,11 +43,13 @@ class PPO(L.LightningModule):
         stat_buffer_size: int = 32,
         stat_min_count: int = 16,
         log_images_every_n_epochs: int = 5,
+        evaluation: HeldOutEvaluation | None = None,
+        eval_every_n_epochs: int = 5,
         progress: bool = True,
     ):
         super().__init__()
         # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
-        self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer", "evaluation"], logger=False)
         self.automatic_optimization = False
         self.policy = policy
         self.reward_fn = reward_fn
@@ -61,6 +65,8 @@ class PPO(L.LightningModule):
         self.max_log_ratio = max_log_ratio
         self.stat_tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if per_prompt_stat_tracking else None
         self.log_images_every_n_epochs = log_images_every_n_epochs
+        self.evaluation = evaluation
+        self.eval_every_n_epochs = eval_every_n_epochs
         self.progress = progress
         self.oracle_queries = 0  # every image scored by the reward counts
         self.first_reward_mean = None  # this process's first epoch, for the closing summary
@@ -93,22 +99,20 @@ class PPO(L.LightningModule):
             "time/train_s": t3 - t2,
             **train_stats,
         }
+        if self.evaluation is not None and self.eval_every_n_epochs and (
+            (self.current_epoch + 1) % self.eval_every_n_epochs == 0 or self.current_epoch == self.trainer.max_epochs - 1
+        ):
+            show = self.progress and self.trainer.is_global_zero
+            metrics["eval/oracle_reward"] = self.evaluation(self.policy, self.trainer.datamodule.eval_prompts, show)[0]
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
         if self.first_reward_mean is None:
             self.first_reward_mean = float(rewards.mean())
         self.log("reward", float(rewards.mean()), prog_bar=True, logger=False)
         self.log_samples(trajectories, rewards)
 
-    @torch.no_grad()
     def sample(self, prompts: list[str]) -> Trajectories:
-        chunks = range(0, len(prompts), self.sample_batch_size)
-        # disable=None: bars on a terminal only, not in log files or CI output
         show = self.progress and self.trainer.is_global_zero
-        parts = [
-            self.policy.sample(prompts[i : i + self.sample_batch_size])
-            for i in tqdm(chunks, desc="sampling", leave=False, disable=None if show else True)
-        ]
-        return Trajectories.cat(parts)
+        return self.policy.sample_batched(prompts, self.sample_batch_size, progress=show)
 
     @torch.no_grad()
     def score(self, trajectories: Trajectories) -> torch.Tensor:
@@ -176,14 +180,9 @@ class PPO(L.LightningModule):
         return out
 
     def optimizer_step(self, optimizer) -> torch.Tensor:
-        params = self.policy.trainable_parameters()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:  # a non-finite gradient must never reach the weights
-            self.skipped_steps += 1
-        optimizer.zero_grad(set_to_none=True)
-        return grad_norm.detach()
+        grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.max_grad_norm)
+        self.skipped_steps += not stepped
+        return grad_norm
 
     def log_samples(self, traj: Trajectories, rewards: torch.Tensor) -> None:
         every = self.log_images_every_n_epochs

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from rlft.algorithms.evaluation import HeldOutEvaluation
+from rlft.algorithms.optimizer_step import clipped_step
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.ensemble.bootstrap import bootstrap_counts
 from rlft.ensemble.reward_ensemble import RewardEnsemble
@@ -32,7 +34,7 @@ class SEIKO(L.LightningModule):
         self,
         policy: DiffusionPolicy,
         oracle: Callable,
-        evaluator: Callable,
+        evaluation: HeldOutEvaluation,
         ensemble: RewardEnsemble,
         aggregation: Callable,
         optimizer: Callable,
@@ -47,16 +49,15 @@ class SEIKO(L.LightningModule):
         ensemble_epochs: int = 100,
         ensemble_batch_size: int = 64,
         ensemble_val_fraction: float = 0.1,
-        eval_samples_per_prompt: int = 4,
         log_images_every_n_epochs: int = 3,
         progress: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["policy", "oracle", "evaluator", "ensemble", "aggregation", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["policy", "oracle", "evaluation", "ensemble", "aggregation", "optimizer"], logger=False)
         self.automatic_optimization = False
         self.policy = policy
         self.oracle = oracle
-        self.evaluator = evaluator  # a separate reward instance: measurement only, never fed back
+        self.evaluation = evaluation  # its own reward instance: measurement only, never fed back
         self.ensemble = ensemble
         self.aggregation = aggregation
         self.optimizer_factory = optimizer
@@ -64,6 +65,7 @@ class SEIKO(L.LightningModule):
         self.epochs_per_round = epochs_per_round
         self.reference_unet = None  # the previous round's policy, frozen
         self.oracle_queries = 0
+        self.skipped_steps = 0
         self.feedback_features: torch.Tensor | None = None  # (N, feature_dim), all queries so far
         self.feedback_rewards: torch.Tensor | None = None  # (N,)
         self.first_reward_mean = None
@@ -74,22 +76,15 @@ class SEIKO(L.LightningModule):
         return self.optimizer_factory(self.policy.trainable_parameters())
 
     # -- the round: query the oracle, refit the ensemble --------------------------------
-    @torch.no_grad()
-    def sample_images(self, prompts: list[str], desc: str) -> torch.Tensor:
-        size = self.hparams.sample_batch_size
-        show = self.hparams.progress and self.trainer.is_global_zero
-        chunks = range(0, len(prompts), size)
-        return torch.cat([
-            self.policy.sample(prompts[i : i + size]).images
-            for i in tqdm(chunks, desc=desc, leave=False, disable=None if show else True)
-        ])
-
     def query_oracle(self, round_index: int) -> dict[str, float]:
         n = self.queries_per_round[round_index]
         prompts = self.trainer.datamodule.train_prompts
         order = torch.randint(len(prompts), (n,))
         query_prompts = [prompts[i] for i in order]
-        images = self.sample_images(query_prompts, f"round {round_index}: sampling {n} queries")
+        show = self.hparams.progress and self.trainer.is_global_zero
+        images = self.policy.sample_batched(
+            query_prompts, self.hparams.sample_batch_size, progress=show, desc=f"round {round_index}: {n} queries"
+        ).images
         rewards = torch.as_tensor(self.oracle(images, query_prompts)).float().cpu()
         self.oracle_queries += n
         if not torch.isfinite(rewards).all():
@@ -156,10 +151,8 @@ class SEIKO(L.LightningModule):
             reward_model = self.ensemble.to_reward_units(objective)
             head_rewards = self.ensemble.to_reward_units(head_z)
             self.manual_backward(loss)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.hparams.max_grad_norm)
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.hparams.max_grad_norm)
+            self.skipped_steps += not stepped
             for k, v in (("reward_model", reward_model.mean()), ("kl", kl.mean()), ("loss", loss),
                          ("grad_norm", grad_norm), ("disagreement", head_rewards.std(-1, unbiased=False).mean())):
                 stats[k].append(v.detach())
@@ -170,6 +163,7 @@ class SEIKO(L.LightningModule):
             "ensemble/disagreement": float(torch.stack(stats["disagreement"]).mean()),
             "oracle/queries": float(self.oracle_queries),
             "eval/oracle_reward": eval_reward,
+            "health/skipped_steps": float(self.skipped_steps),
             "time/train_s": t1 - t0,
             "time/eval_s": time.perf_counter() - t1,
             **self.round_metrics,
@@ -184,11 +178,11 @@ class SEIKO(L.LightningModule):
 
     # -- evaluation on held-out prompts ------------------------------------------------
     def evaluate(self) -> float:
-        prompts = [p for p in self.trainer.datamodule.eval_prompts for _ in range(self.hparams.eval_samples_per_prompt)]
-        self.last_eval_images = self.sample_images(prompts, "evaluating")
-        self.last_eval_prompts = prompts
-        self.last_eval_rewards = torch.as_tensor(self.evaluator(self.last_eval_images, prompts)).float()
-        return float(self.last_eval_rewards.mean())
+        show = self.hparams.progress and self.trainer.is_global_zero
+        mean, self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards = self.evaluation(
+            self.policy, self.trainer.datamodule.eval_prompts, progress=show
+        )
+        return mean
 
     def on_train_start(self) -> None:
         if self.current_epoch == 0:
@@ -208,6 +202,7 @@ class SEIKO(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rlft"] = {
             "oracle_queries": self.oracle_queries,
+            "skipped_steps": self.skipped_steps,
             "feedback_features": self.feedback_features,
             "feedback_rewards": self.feedback_rewards,
             "reference_unet": self.reference_unet.state_dict() if self.reference_unet is not None else None,
@@ -216,6 +211,7 @@ class SEIKO(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rlft", {})
         self.oracle_queries = state.get("oracle_queries", 0)
+        self.skipped_steps = state.get("skipped_steps", 0)
         self.feedback_features = state.get("feedback_features")
         self.feedback_rewards = state.get("feedback_rewards")
         if state.get("reference_unet") is not None:

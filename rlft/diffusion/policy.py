@@ -181,6 +181,18 @@ class DiffusionPolicy(nn.Module):
             x = step.prev_sample
         return self.decode(x), kl
 
+    @torch.no_grad()
+    def sample_batched(
+        self, prompts: list[str], batch_size: int, generator: torch.Generator | None = None,
+        progress: bool = False, desc: str = "sampling",
+    ) -> Trajectories:
+        """`sample` in chunks of `batch_size` (memory), with a progress bar on a terminal."""
+        chunks = range(0, len(prompts), batch_size)
+        return Trajectories.cat([
+            self.sample(prompts[i : i + batch_size], generator=generator)
+            for i in tqdm(chunks, desc=desc, leave=False, disable=None if progress else True)
+        ])
+
     def log_prob(
         self, latents: torch.Tensor, next_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor
     ) -> torch.Tensor:

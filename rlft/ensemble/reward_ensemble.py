@@ -1,5 +1,8 @@
-"""`RewardEnsemble`: K reward heads on a shared frozen feature backbone (SEIKO's
-optimistic reward model), each fitted on its own bootstrap resample of the feedback."""
+"""`RewardEnsemble`: SEIKO's optimistic reward model. K members, each fitted on its own
+bootstrap resample of the feedback: either small heads on a shared frozen feature backbone
+(cheap, recommended) or K fully independent trainable networks on the images."""
+
+from typing import Callable
 
 import lightning as L
 import torch
@@ -10,22 +13,31 @@ from torch import nn
 class RewardEnsemble(L.LightningModule):
     """images (B, C, H, W) in [0, 1] -> head rewards (B, K), differentiable in the images.
 
-    `backbone` is any module with `features(images) -> (B, feature_dim)`; it is frozen (the
-    cheap, recommended form in DESIGN.md). Trained on batches of precomputed features
-    `(features (B, F), rewards (B,), counts (B, K))`, where `counts` are each example's
-    bootstrap multiplicities per head (`rlft.ensemble.bootstrap.bootstrap_counts`).
+    Shared form: `backbone` is any module with `features(images) -> (B, feature_dim)`, frozen,
+    with K MLP heads on top. Independent form: `member` is a factory of a network
+    `images -> (B, 1)`, called K times (independent initialisations), and the "features" the
+    members see are the images themselves. Either way it is trained on batches
+    `(features, rewards (B,), counts (B, K))`, where `counts` are each example's bootstrap
+    multiplicities per head (`rlft.ensemble.bootstrap.bootstrap_counts`).
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_heads: int = 4, hidden_dim: int = 64,
-                 lr: float = 1e-3, weight_decay: float = 1e-4):
+    def __init__(self, backbone: nn.Module | None = None, feature_dim: int | None = None, num_heads: int = 4,
+                 hidden_dim: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 member: Callable[[], nn.Module] | None = None):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads={num_heads} is invalid: the ensemble needs at least 1 head")
-        self.save_hyperparameters(ignore=["backbone"], logger=False)
-        self.backbone = backbone.requires_grad_(False).eval()
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1)) for _ in range(num_heads)
-        )
+        if (backbone is None) == (member is None):
+            raise ValueError("give either a shared `backbone` (with `feature_dim`) or a `member` factory, not both")
+        self.save_hyperparameters(ignore=["backbone", "member"], logger=False)
+        self.backbone = backbone.requires_grad_(False).eval() if backbone is not None else None
+        if member is not None:
+            self.heads = nn.ModuleList(member() for _ in range(num_heads))
+        else:
+            self.heads = nn.ModuleList(
+                nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1))
+                for _ in range(num_heads)
+            )
         # Heads predict standardised rewards; outputs are in reward units. A reward such as
         # JPEG size varies by 0.02 around -0.55: unscaled, the heads would fit the offset only.
         self.register_buffer("reward_mean", torch.zeros(()))
@@ -46,7 +58,9 @@ class RewardEnsemble(L.LightningModule):
         return standardised * self.reward_std + self.reward_mean
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(images)
+        """What the heads read, and what SEIKO stores per query: the frozen backbone's
+        features, or (independent members) the images."""
+        return self.backbone.features(images) if self.backbone is not None else images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.heads_on_features(self.features(images))
