@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from rlft.config import CONFIG_DIR
 from rlft.train import build
@@ -29,9 +30,11 @@ def test_groups_are_not_empty():
     assert set(GROUPS["reduction"]) == {"mean", "sum"}
 
 
+@pytest.mark.parametrize("algorithm", GROUPS["algorithm"])
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
-def test_every_option_composes_and_validates(group, option):
-    cfg = compose_cfg([f"{group}={option}"])
+def test_every_option_composes_resolves_and_validates(group, option, algorithm):
+    cfg = compose_cfg([f"algorithm={algorithm}", f"{group}={option}"])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves, as train() logs them all
     validate(cfg)
 
 
