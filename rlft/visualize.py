@@ -26,7 +26,7 @@ def sample_grid(images: torch.Tensor, prompts: list[str], rewards: torch.Tensor 
 
 def metric_curves(series: dict[str, list[tuple[int, float]]], ylabel: str, xlabel: str = "epoch", title: str = ""):
     """One line per label: label -> [(step, value)]. Returns a matplotlib Figure."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(9 if len(series) > 1 else 6, 3.5))
     for label, points in series.items():
         steps, values = zip(*points)
         ax.plot(steps, values, marker="o", markersize=3, label=label)
@@ -36,6 +36,6 @@ def metric_curves(series: dict[str, list[tuple[int, float]]], ylabel: str, xlabe
         ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(series) > 1:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never hides a curve
     fig.tight_layout()
     return fig
