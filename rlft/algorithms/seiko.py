@@ -109,7 +109,6 @@ class SEIKO(L.LightningModule):
         val_data = TensorDataset(self.feedback_features[val], self.feedback_rewards[val])
         self.ensemble.set_reward_scale(self.feedback_rewards[train])
         self.ensemble.heads.requires_grad_(True)
-        outer_trainer = self.ensemble._trainer
         trainer = L.Trainer(
             max_epochs=self.hparams.ensemble_epochs, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, accelerator=self.trainer.accelerator,
@@ -120,7 +119,7 @@ class SEIKO(L.LightningModule):
             DataLoader(train_data, batch_size=self.hparams.ensemble_batch_size, shuffle=True),
             DataLoader(val_data, batch_size=1024),
         )
-        self.ensemble.trainer = outer_trainer  # hand the submodule back to the outer fit
+        self.ensemble.trainer = self.trainer  # hand the submodule back to the outer fit
         self.ensemble.heads.requires_grad_(False)  # the policy's loss must not move the heads
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ensemble/")}
 
@@ -170,7 +169,8 @@ class SEIKO(L.LightningModule):
         }
         self.round_metrics = {}
         # Step = epoch + 1: step 0 holds the evaluation of the base model, before any query.
-        self.logger.log_metrics(metrics, step=self.current_epoch + 1) if self.logger else None
+        if self.logger:
+            self.logger.log_metrics(metrics, step=self.current_epoch + 1)
         self.log("eval/oracle_reward", eval_reward, prog_bar=True, logger=False)
         if self.first_reward_mean is None:
             self.first_reward_mean = self.base_eval
