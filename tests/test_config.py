@@ -40,7 +40,12 @@ def test_every_option_composes_resolves_and_validates(group, option, algorithm):
 
 @pytest.mark.parametrize("option", GROUPS["reward"])
 def test_every_reward_instantiates_and_scores(option):
-    reward = instantiate(compose_cfg([f"reward={option}"]).reward)
+    overrides = [f"reward={option}"]
+    if option == "http":  # a local service to answer it
+        from tests.test_http_reward import FlakyRewardServer
+
+        overrides.append(f"reward.url={FlakyRewardServer(failures=0).url}")
+    reward = instantiate(compose_cfg(overrides).reward)
     images = torch.rand(3, 1, 16, 16)
     rewards = torch.as_tensor(reward(images, ["a handwritten 1", "a handwritten 2", "the number three"]))
     assert rewards.shape == (3,) and torch.isfinite(rewards).all()
