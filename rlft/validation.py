@@ -24,19 +24,27 @@ def validate(cfg: DictConfig) -> None:
 
     if "aggregation" in cfg:
         instantiate(cfg.aggregation)  # each aggregation checks its own parameters
+    instantiate(cfg.health)  # so does the non-finite guard
+    _check(cfg.trainer.max_epochs >= 1, "trainer.max_epochs", cfg.trainer.max_epochs, "must be >= 1")
+    _check(cfg.data.samples_per_epoch >= 1, "data.samples_per_epoch", cfg.data.samples_per_epoch, "must be >= 1")
+    _check(cfg.ckpt_path in (None, "last") or str(cfg.ckpt_path).endswith(".ckpt"), "ckpt_path", cfg.ckpt_path,
+           "must be last (resume this run directory if it has a checkpoint), null, or a .ckpt file")
 
     a = cfg.algorithm
+    _check(a.lr > 0, "algorithm.lr", a.lr, "must be > 0")
+    _check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")
+    m = a.module
+    # Named where a user sets it: PPO lifts these to algorithm.*, SEIKO keeps them in algorithm.module.*.
+    where = lambda key: f"algorithm.{key}" if key in a else f"algorithm.module.{key}"
+    _check(m.sample_batch_size >= 1, where("sample_batch_size"), m.sample_batch_size, "must be >= 1")
+    _check(m.max_grad_norm > 0, where("max_grad_norm"), m.max_grad_norm, "must be > 0")
     if a.name == "ppo":
         d = cfg.data
         _check(0 < a.clip_range < 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1)")
         _check(0 < a.timestep_fraction <= 1, "algorithm.timestep_fraction", a.timestep_fraction, "must be in (0, 1]")
         _check(a.adv_clip_max > 0, "algorithm.adv_clip_max", a.adv_clip_max, "must be > 0")
-        _check(a.max_grad_norm > 0, "algorithm.max_grad_norm", a.max_grad_norm, "must be > 0")
         _check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
         _check(a.num_inner_epochs >= 1, "algorithm.num_inner_epochs", a.num_inner_epochs, "must be >= 1")
-        _check(a.sample_batch_size >= 1, "algorithm.sample_batch_size", a.sample_batch_size, "must be >= 1")
-        _check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")
-        _check(d.samples_per_epoch >= 1, "data.samples_per_epoch", d.samples_per_epoch, "must be >= 1")
         _check(
             d.samples_per_epoch % a.train_batch_size == 0,
             "algorithm.train_batch_size", a.train_batch_size,
@@ -49,6 +57,7 @@ def validate(cfg: DictConfig) -> None:
             f"must be >= 1 and divide the {micro_batches} micro-batches of an epoch "
             f"(data.samples_per_epoch / algorithm.train_batch_size)",
         )
+        _check(a.stat_buffer_size >= 1, "algorithm.stat_buffer_size", a.stat_buffer_size, "must be >= 1")
         _check(a.stat_min_count <= a.stat_buffer_size, "algorithm.stat_min_count", a.stat_min_count,
                f"must be <= algorithm.stat_buffer_size={a.stat_buffer_size}")
 
@@ -61,4 +70,6 @@ def validate(cfg: DictConfig) -> None:
         _check(1 <= a.truncation_steps <= p.num_steps, "algorithm.truncation_steps", a.truncation_steps,
                f"must be in [1, policy.num_steps={p.num_steps}]")
         _check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0")
-        _check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")
+        _check(m.ensemble_epochs >= 1, "algorithm.module.ensemble_epochs", m.ensemble_epochs, "must be >= 1")
+        _check(0 < m.ensemble_val_fraction < 1, "algorithm.module.ensemble_val_fraction", m.ensemble_val_fraction,
+               "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")
