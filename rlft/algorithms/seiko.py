@@ -12,7 +12,9 @@ then every epoch fine-tunes the policy to maximise the aggregated ensemble rewar
 """
 
 import copy
+import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 import lightning as L
@@ -21,11 +23,16 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from rlft.algorithms.evaluation import HeldOutEvaluation
+from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.ensemble.bootstrap import bootstrap_counts
 from rlft.ensemble.reward_ensemble import RewardEnsemble
+from rlft.preemption import stop_if_requested
+from rlft.rng import get_rng_state, set_rng_state
 from rlft.visualize import sample_grid
+
+log = logging.getLogger(__name__)
 
 
 class SEIKO(L.LightningModule):
@@ -50,22 +57,26 @@ class SEIKO(L.LightningModule):
         ensemble_batch_size: int = 64,
         ensemble_val_fraction: float = 0.1,
         log_images_every_n_epochs: int = 3,
+        health: NonFiniteGuard | None = None,
         progress: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["policy", "oracle", "evaluation", "ensemble", "aggregation", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["policy", "oracle", "evaluation", "ensemble", "aggregation", "optimizer", "health"], logger=False)
         self.automatic_optimization = False
         self.policy = policy
         self.oracle = oracle
         self.evaluation = evaluation  # its own reward instance: measurement only, never fed back
         self.ensemble = ensemble
+        self.ensemble.heads.requires_grad_(False)  # trainable only inside fit_ensemble
         self.aggregation = aggregation
         self.optimizer_factory = optimizer
         self.queries_per_round = list(queries_per_round)
         self.epochs_per_round = epochs_per_round
+        self.health = health or NonFiniteGuard()
         self.reference_unet = None  # the previous round's policy, frozen
         self.oracle_queries = 0
-        self.skipped_steps = 0
+        self.rounds_queried = 0  # rounds whose queries are in the feedback (a resumed run never repeats them)
+        self.round_problems: list[str] = []  # non-finite oracle rewards of the current round
         self.feedback_features: torch.Tensor | None = None  # (N, feature_dim), all queries so far
         self.feedback_rewards: torch.Tensor | None = None  # (N,)
         self.first_reward_mean = None
@@ -87,8 +98,18 @@ class SEIKO(L.LightningModule):
         ).images
         rewards = torch.as_tensor(self.oracle(images, query_prompts)).float().cpu()
         self.oracle_queries += n
-        if not torch.isfinite(rewards).all():
-            raise FloatingPointError(f"the oracle returned {int((~torch.isfinite(rewards)).sum())} non-finite rewards")
+        valid = torch.isfinite(rewards)
+        bad = int((~valid).sum())
+        self.health.count("nonfinite_rewards", bad)
+        self.round_problems = []
+        if bad:
+            message = f"the oracle returned {bad}/{n} non-finite rewards in round {round_index}"
+            log.warning(f"{message}; those queries are counted but not used")
+            if self.health.too_many(bad, n):
+                self.round_problems.append(message)
+            if self.feedback_rewards is None and not valid.any():
+                raise NonFiniteError(f"{message}: the reward ensemble has no feedback to fit")
+        images, rewards = images[valid], rewards[valid]
         with torch.no_grad():
             features = self.ensemble.features(images).cpu()
         if self.feedback_features is None:
@@ -124,11 +145,24 @@ class SEIKO(L.LightningModule):
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ensemble/")}
 
     def on_train_epoch_start(self) -> None:
-        if self.current_epoch % self.epochs_per_round == 0:
-            round_index = self.current_epoch // self.epochs_per_round
-            self.round_metrics = self.query_oracle(round_index)
-            self.round_metrics["oracle/round"] = float(round_index)
-            self.reference_unet = copy.deepcopy(self.policy.unet).requires_grad_(False)
+        if self.current_epoch % self.epochs_per_round:
+            return
+        round_index = self.current_epoch // self.epochs_per_round
+        if self.rounds_queried > round_index:
+            return  # resumed after this round's queries: they are in the checkpoint
+        self.round_metrics = self.query_oracle(round_index)
+        self.round_metrics["oracle/round"] = float(round_index)
+        self.reference_unet = copy.deepcopy(self.policy.unet).requires_grad_(False)
+        self.rounds_queried = round_index + 1
+        self.save_round_checkpoint()
+        stop_if_requested(self.trainer)
+
+    def save_round_checkpoint(self) -> None:
+        """Oracle queries are what SEIKO pays for: checkpoint them as soon as they are in, as
+        `last.ckpt`, so that `ckpt_path=last` resumes from here and never asks again."""
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.dirpath and callback.save_last:
+            self.trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
 
     # -- fine-tuning through the sampling chain ----------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int):
@@ -137,7 +171,9 @@ class SEIKO(L.LightningModule):
         stats = {"reward_model": [], "kl": [], "loss": [], "grad_norm": [], "disagreement": []}
         size = self.hparams.train_batch_size
         show = self.hparams.progress and self.trainer.is_global_zero
+        steps = skipped = 0
         for start in tqdm(range(0, len(prompts), size), desc="fine-tuning", leave=False, disable=None if show else True):
+            stop_if_requested(self.trainer)
             images, kl = self.policy.sample_with_grad(
                 prompts[start : start + size], self.hparams.truncation_steps, self.reference_unet,
                 checkpoint=self.hparams.gradient_checkpointing,
@@ -151,18 +187,25 @@ class SEIKO(L.LightningModule):
             head_rewards = self.ensemble.to_reward_units(head_z)
             self.manual_backward(loss)
             grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.hparams.max_grad_norm)
-            self.skipped_steps += not stepped
+            steps, skipped = steps + 1, skipped + (not stepped)
+            self.health.count("skipped_steps", not stepped)
             for k, v in (("reward_model", reward_model.mean()), ("kl", kl.mean()), ("loss", loss),
                          ("grad_norm", grad_norm), ("disagreement", head_rewards.std(-1, unbiased=False).mean())):
                 stats[k].append(v.detach())
+        self.health.count("nonfinite_losses", int((~torch.isfinite(torch.stack(stats["loss"]))).sum()))
+        problems = list(self.round_problems)
+        if self.health.too_many(skipped, steps):
+            problems.append(f"{skipped}/{steps} optimizer steps had a non-finite gradient")
+        self.health.end_epoch(problems)  # raises when unhealthy epochs persist
         t1 = time.perf_counter()
         eval_reward = self.evaluate()
+        stop_if_requested(self.trainer)
         metrics = {
-            **{f"train/{k}": float(torch.stack(v).mean()) for k, v in stats.items() if k != "disagreement"},
-            "ensemble/disagreement": float(torch.stack(stats["disagreement"]).mean()),
+            **{f"train/{k}": float(finite_mean(v)) for k, v in stats.items() if k != "disagreement"},
+            "ensemble/disagreement": float(finite_mean(stats["disagreement"])),
             "oracle/queries": float(self.oracle_queries),
             "eval/oracle_reward": eval_reward,
-            "health/skipped_steps": float(self.skipped_steps),
+            **self.health.metrics(),
             "time/train_s": t1 - t0,
             "time/eval_s": time.perf_counter() - t1,
             **self.round_metrics,
@@ -185,7 +228,7 @@ class SEIKO(L.LightningModule):
         return mean
 
     def on_train_start(self) -> None:
-        if self.current_epoch == 0:
+        if self.current_epoch == 0 and self.base_eval is None:
             self.base_eval = self.evaluate()
             if self.logger:
                 self.logger.log_metrics({"eval/oracle_reward": self.base_eval, "oracle/queries": 0.0}, step=0)
@@ -200,18 +243,34 @@ class SEIKO(L.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Written at the end of every epoch and right after each round's queries. With the
+        # weights (policy and ensemble heads) and optimizer state that Lightning stores, a
+        # resumed run continues exactly as an uninterrupted one, without a repeated query.
         checkpoint["rlft"] = {
             "oracle_queries": self.oracle_queries,
-            "skipped_steps": self.skipped_steps,
+            "rounds_queried": self.rounds_queried,
+            "round_metrics": self.round_metrics,
+            "round_problems": self.round_problems,
+            "base_eval": self.base_eval,
+            "health": self.health.state_dict(),
             "feedback_features": self.feedback_features,
             "feedback_rewards": self.feedback_rewards,
             "reference_unet": self.reference_unet.state_dict() if self.reference_unet is not None else None,
+            "rng": get_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rlft", {})
         self.oracle_queries = state.get("oracle_queries", 0)
-        self.skipped_steps = state.get("skipped_steps", 0)
+        self.rounds_queried = state.get("rounds_queried", 0)
+        self.round_metrics = state.get("round_metrics", {})
+        self.round_problems = state.get("round_problems", [])
+        self.base_eval = state.get("base_eval")
+        self.first_reward_mean = self.base_eval
+        if "health" in state:
+            self.health.load_state_dict(state["health"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
         self.feedback_features = state.get("feedback_features")
         self.feedback_rewards = state.get("feedback_rewards")
         if state.get("reference_unet") is not None:

@@ -1,39 +1,46 @@
 """Prompts for RL: the dataloader yields one RL epoch's prompts, never rollouts."""
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 
-class PromptCycle(Dataset):
-    """`length` prompts cycling through `prompts`, so a shuffled epoch holds each prompt
-    equally often (per-prompt statistics then see every prompt every epoch)."""
+class EpochSampler(RandomSampler):
+    """`num_samples` indices per epoch, each prompt equally often up to one (torch's
+    RandomSampler: whole permutations, then part of one), drawn from `seed + epoch` alone.
 
-    def __init__(self, prompts: list[str], length: int):
-        if not prompts:
-            raise ValueError("the prompt set is empty")
-        self.prompts = list(prompts)
-        self.length = length
+    Lightning calls `set_epoch` before every epoch, so a resumed run draws exactly the
+    prompts an uninterrupted one would, and data loading never touches the global RNG
+    (which the checkpoint restores for sampling noise and PPO's shuffles).
+    """
 
-    def __len__(self) -> int:
-        return self.length
+    def __init__(self, num_prompts: int, num_samples: int, seed: int = 0):
+        super().__init__(range(num_prompts), num_samples=num_samples, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
 
-    def __getitem__(self, index: int) -> str:
-        return self.prompts[index % len(self.prompts)]
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
 
 
 class PromptDataModule(L.LightningDataModule):
-    def __init__(self, train: list[str], eval: list[str] | None = None, samples_per_epoch: int = 64):
+    def __init__(self, train: list[str], eval: list[str] | None = None, samples_per_epoch: int = 64, seed: int = 0):
         super().__init__()
+        if not train:
+            raise ValueError("the training prompt set is empty")
         self.save_hyperparameters(logger=False)  # train() logs the whole Hydra config
         self.train_prompts = list(train)
         self.eval_prompts = list(eval or train)
         self.samples_per_epoch = samples_per_epoch
+        self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
         # One batch per epoch: the whole epoch's prompts, sampled in chunks by the module.
+        # Its own generator: without one, every new iterator draws a seed from the global RNG.
         return DataLoader(
-            PromptCycle(self.train_prompts, self.samples_per_epoch),
+            self.train_prompts,
             batch_size=self.samples_per_epoch,
-            shuffle=True,
+            sampler=EpochSampler(len(self.train_prompts), self.samples_per_epoch, self.seed),
             collate_fn=list,
+            generator=torch.Generator(),
         )

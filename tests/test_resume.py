@@ -1,0 +1,99 @@
+"""Interrupt a run with a signal in the middle of an epoch (PPO) or a round (SEIKO), resume
+it with the same command, and compare with an uninterrupted run of the same seed: the
+metrics and the final weights match bitwise (CPU), and no oracle query is made twice."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlft.tensorboard import read_scalars
+from tests.conftest import save_tiny_model
+
+ROOT = Path(__file__).parents[1]
+PPO_RUN = [
+    "trainer.max_epochs=3", "data.samples_per_epoch=8", "algorithm.sample_batch_size=4",
+    "algorithm.train_batch_size=4", "algorithm.gradient_accumulation_steps=2", "policy.num_steps=3",
+    "algorithm.module.eval_every_n_epochs=2", "algorithm.module.evaluation.samples_per_prompt=1",
+]
+SEIKO_RUN = [
+    "algorithm=seiko", "algorithm.queries_per_round=[8,16]", "algorithm.epochs_per_round=2",
+    "algorithm.truncation_steps=2", "algorithm.train_batch_size=4", "algorithm.module.ensemble_epochs=3",
+    "algorithm.module.evaluation.samples_per_prompt=1", "data.samples_per_epoch=8", "policy.num_steps=3",
+    "model.reward_feature_dim=4", "model.reward_features._target_=tests.test_seiko.PixelFeatures",
+    "~model.reward_features.pretrained_model_name_or_path",
+]
+EVAL_IMAGES = 10  # 10 held-out prompts x 1 sample: tells evaluation calls from oracle calls
+
+
+def rlft(run_dir: Path, log: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    overrides = [*args, f"hydra.run.dir={run_dir}", "reward._target_=tests.signalling_reward.SignallingReward",
+                 f"+reward.log={log}", "~reward.quality"]
+    result = subprocess.run([sys.executable, "-m", "rlft", *overrides], cwd=run_dir.parent, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def assert_same_run(reference: Path, resumed: Path) -> None:
+    ref, res = read_scalars(reference), read_scalars(resumed)
+    tags = sorted(t for t in ref if not t.startswith("time/"))
+    assert tags == sorted(t for t in res if not t.startswith("time/"))
+    for tag in tags:
+        assert ref[tag] == res[tag], f"{tag}: uninterrupted {ref[tag]} != resumed {res[tag]}"
+    a = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    lora = [k for k in a["state_dict"] if "lora" in k]
+    assert lora
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert a["rlft"]["oracle_queries"] == b["rlft"]["oracle_queries"]
+
+
+def calls(log: Path) -> list[tuple[int, int]]:
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1"])
+def test_ppo_interrupted_mid_epoch_resumes_exactly(model_dir, tmp_path, signum):
+    common = [f"model.pretrained={model_dir}", *PPO_RUN]
+    rlft(tmp_path / "reference", tmp_path / "reference.log", *common)
+
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    # 2 chunks of 4 images per epoch: the 4th call is the second chunk of epoch 1.
+    stopped = rlft(run, log, *common, "+reward.at_call=4", "+reward.batch_size=4", f"+reward.signum={signum}", expect=143)
+    assert "stopped by a signal in epoch 1" in stopped.stdout + stopped.stderr
+    assert read_scalars(run)["reward/mean"][-1][0] == 0  # epoch 1 was not logged: it is redone
+    rlft(run, log, *common)  # the same command: ckpt_path=last resumes
+    assert_same_run(tmp_path / "reference", run)
+
+
+def test_seiko_interrupted_mid_round_and_mid_query_resumes_exactly(model_dir, tmp_path):
+    common = [f"model.pretrained={model_dir}", *SEIKO_RUN]
+    rlft(tmp_path / "reference", tmp_path / "reference.log", *common)
+
+    # Mid-round: during epoch 1's evaluation (round 0's second fine-tuning epoch).
+    run, log = tmp_path / "mid_round", tmp_path / "mid_round.log"
+    rlft(run, log, *common, "+reward.at_call=3", f"+reward.batch_size={EVAL_IMAGES}", expect=143)
+    rlft(run, log, *common)
+    assert_same_run(tmp_path / "reference", run)
+
+    # Mid-query: the signal arrives while the oracle scores round 1's 16 queries.
+    run, log = tmp_path / "mid_query", tmp_path / "mid_query.log"
+    rlft(run, log, *common, "+reward.at_call=1", "+reward.batch_size=16", expect=143)
+    rlft(run, log, *common)
+    assert_same_run(tmp_path / "reference", run)
+    oracle_calls = [n for _, n in calls(log) if n != EVAL_IMAGES]
+    assert oracle_calls == [8, 16], f"the oracle was asked {oracle_calls}: a paid query was repeated"
+    assert len({pid for pid, _ in calls(log)}) == 2
