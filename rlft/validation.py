@@ -25,7 +25,6 @@ def validate(cfg: DictConfig) -> None:
     if "aggregation" in cfg:
         instantiate(cfg.aggregation)  # each aggregation checks its own parameters
     instantiate(cfg.health)  # so does the non-finite guard
-    _check(cfg.trainer.max_epochs >= 1, "trainer.max_epochs", cfg.trainer.max_epochs, "must be >= 1")
     _check(cfg.data.samples_per_epoch >= 1, "data.samples_per_epoch", cfg.data.samples_per_epoch, "must be >= 1")
     _check(cfg.ckpt_path in (None, "last") or str(cfg.ckpt_path).endswith(".ckpt"), "ckpt_path", cfg.ckpt_path,
            "must be last (resume this run directory if it has a checkpoint), null, or a .ckpt file")
@@ -73,3 +72,6 @@ def validate(cfg: DictConfig) -> None:
         _check(m.ensemble_epochs >= 1, "algorithm.module.ensemble_epochs", m.ensemble_epochs, "must be >= 1")
         _check(0 < m.ensemble_val_fraction < 1, "algorithm.module.ensemble_val_fraction", m.ensemble_val_fraction,
                "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")
+
+    # Last: for SEIKO it follows from the budget, whose own message says more.
+    _check(cfg.trainer.max_epochs >= 1, "trainer.max_epochs", cfg.trainer.max_epochs, "must be >= 1")

@@ -92,5 +92,5 @@ def test_pretrain_commands_write_loadable_models(tmp_path):
 
 def test_help_lists_groups_and_options(tmp_path):
     out = run_rlft("--help", cwd=tmp_path).stdout
-    for line in ("algorithm: ppo", "reduction: mean, sum", "reward: compressibility, digit_alignment, incompressibility"):
+    for line in ("algorithm: ppo, seiko", "reduction: mean, sum", "reward: compressibility, digit_alignment, http, incompressibility"):
         assert line in out, out

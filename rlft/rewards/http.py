@@ -44,11 +44,11 @@ def png_base64(images: torch.Tensor) -> list[str]:
 
 class HttpReward:
     def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 1.0):
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0:
-            raise ValueError(
-                f"reward: timeout_s={timeout_s}, retries={retries}, backoff_s={backoff_s} are invalid: "
-                "timeout_s must be > 0, retries and backoff_s >= 0"
-            )
+        for name, value, ok, valid in (("timeout_s", timeout_s, timeout_s > 0, "> 0"),
+                                       ("retries", retries, retries >= 0, ">= 0"),
+                                       ("backoff_s", backoff_s, backoff_s >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"reward.{name}={value} is invalid: must be {valid}")
         self.url, self.timeout_s, self.retries = url, timeout_s, retries
         # Connection errors, timeouts and 429/5xx answers are retried with exponential
         # backoff (backoff_s, 2 * backoff_s, ...); anything else fails at once.
