@@ -79,6 +79,13 @@ def test_resume_from_last_checkpoint_continues_the_epochs(tiny_model_dir, tmp_pa
     assert steps == [0, 1]
     assert read_scalars(run_dir)["oracle/queries"][-1][1] == 16  # restored, not restarted at 0
 
+    # python -m rlft.sample: the base model (default), then the run's checkpoint.
+    sample = [f"model.pretrained={tiny_model_dir}", "policy.num_steps=3", "sample.per_prompt=1"]
+    run_rlft(*sample, f"sample.out={tmp_path}/base.png", module="rlft.sample", cwd=tmp_path)
+    run_rlft(*sample, f"ckpt_path={run_dir}/checkpoints/last.ckpt", f"sample.out={tmp_path}/run.png",
+             module="rlft.sample", cwd=tmp_path)
+    assert (tmp_path / "base.png").stat().st_size > 0 and (tmp_path / "run.png").stat().st_size > 0
+
 
 def test_pretrain_commands_write_loadable_models(tmp_path):
     unet_dir, classifier_dir = tmp_path / "unet", tmp_path / "classifier"
