@@ -1,6 +1,7 @@
 """`python -m rlft` / `rlft`: the Hydra app around `rlft.train.train`."""
 
 import logging
+import sys
 import warnings
 
 import hydra
@@ -22,12 +23,21 @@ def quiet_console() -> None:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
     from rlft.train import train  # imported here so that --help and composition errors are fast
 
     quiet_console()
     metrics = train(cfg)
     return metrics.get("reward/mean", metrics.get("eval/oracle_reward"))  # for Hydra sweepers that optimise
+
+
+def main() -> None:
+    """`rlft compare SWEEP_DIR ...` compares a sweep's runs; anything else is the Hydra app."""
+    if sys.argv[1:2] == ["compare"]:
+        from rlft.compare import main as compare
+
+        return compare(sys.argv[2:])
+    run()
 
 
 check_config_dir()

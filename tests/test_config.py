@@ -109,3 +109,25 @@ def test_every_experiment_composes_with_its_sweep(experiment):
     cfg = compose_cfg([f"+experiment={experiment}"])
     validate(cfg)
     assert cfg.hydra.sweeper.params, f"experiment {experiment} sweeps nothing"
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates_for_each_swept_value(experiment):
+    """Each job of the sweep: every value of every swept parameter (one at a time)."""
+    cfg = compose_cfg([f"+experiment={experiment}"])
+    params = cfg.hydra.sweeper.params or {}
+    assert params, f"{experiment} sweeps nothing"
+    for key, values in params.items():
+        for value in str(values).split(","):
+            job = compose_cfg([f"+experiment={experiment}", f"{key}={value}"])
+            OmegaConf.to_container(job, resolve=True)
+            validate(job)
+
+
+@pytest.mark.parametrize("launcher,target", [("joblib", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_launchers_compose(launcher, target):
+    cfg = compose_cfg([f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_.endswith(target)

@@ -57,17 +57,39 @@ def test_ppo_run_logs_finite_metrics_and_checkpoints(tiny_model_dir, tmp_path, r
     assert "clip_range" in (run_dir / "hparams.yaml").read_text()
 
 
-def test_sweep_names_runs_by_their_overrides(tiny_model_dir, tmp_path):
+def test_sweep_names_runs_by_their_overrides_and_compare_reads_it(tiny_model_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
     run_rlft(
-        "-m", "algorithm.clip_range=1e-4,1e-3", "reduction=mean,sum", f"model.pretrained={tiny_model_dir}",
+        "-m", "algorithm.clip_range=1e-4,1e-3", "reduction=mean,sum", "seed=0,1", f"model.pretrained={tiny_model_dir}",
         *TINY_RUN, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
     )
-    runs = sorted({p.parent.name for p in sweep_dir.glob("*/events.out.tfevents.*")})
-    assert len(runs) == 4, runs
+    runs = sorted({p.parent.relative_to(sweep_dir).as_posix() for p in sweep_dir.glob("*/*/events.out.tfevents.*")})
+    assert len(runs) == 8, runs
     for clip in ("0.0001", "0.001"):  # Hydra writes the swept floats in their normal form
         for reduction in ("mean", "sum"):
-            assert sum(f"algorithm.clip_range={clip}" in r and f"reduction={reduction}" in r for r in runs) == 1, runs
+            for seed in (0, 1):
+                assert sum(f"algorithm.clip_range={clip}" in r and f"reduction={reduction}" in r and r.endswith(f"/seed={seed}")
+                           for r in runs) == 1, runs
+
+    out = run_rlft("compare", str(sweep_dir), "--metric", "reward/mean", "--metric", "train/clipfrac", cwd=tmp_path).stdout
+    table = (sweep_dir / "compare" / "summary.md").read_text()
+    assert table in out
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) == 4 * 2 and all("| 2 |" in row for row in rows), table  # 4 configurations x 2 metrics, 2 seeds each
+    assert (sweep_dir / "compare" / "summary.csv").read_text().count("\n") == 1 + 8
+    for png in ("reward_mean.png", "train_clipfrac.png"):
+        assert (sweep_dir / "compare" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failed_job_does_not_lose_the_others(tiny_model_dir, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "rlft", "-m", "algorithm.clip_range=2,1e-3", f"model.pretrained={tiny_model_dir}", *TINY_RUN,
+         "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and "algorithm.clip_range=2 is invalid" in result.stderr
+    assert list(sweep_dir.glob("algorithm.clip_range=0.001,*/seed=0/events.out.tfevents.*"))
 
 
 def test_resume_from_last_checkpoint_continues_the_epochs(tiny_model_dir, tmp_path):

@@ -226,6 +226,11 @@ class PPO(L.LightningModule):
         self.health.count("nonfinite_losses", int((~torch.isfinite(torch.stack(stats["loss"]))).sum()))
         for k, values in stats.items():
             out[f"train/{k}"] = torch.stack(values).float().max() if k == "log_ratio_absmax" else finite_mean(values)
+        # The window the clip puts on the joint (true) ratio: per element under `mean`, so
+        # ((1 - eps)^N, (1 + eps)^N) for N latent elements; the joint ratio itself under `sum`.
+        power = traj.latents[0, 0].numel() if self.policy.reduction == "mean" else 1
+        out["train/joint_clip_low"] = math.exp(power * math.log1p(-self.clip_range))
+        out["train/joint_clip_high"] = math.exp(power * math.log1p(self.clip_range))
         out["train/approx_kl_first_update"] = finite_mean(first_update["approx_kl"])
         out["train/clipfrac_first_update"] = finite_mean(first_update["clipfrac"])
         return out

@@ -1,0 +1,139 @@
+"""`rlft compare SWEEP_DIR` (or `python -m rlft.compare`): the runs of a sweep side by side.
+
+Reads the TensorBoard event files of every job under SWEEP_DIR. A job's configuration is
+its directory (named by its overrides); a trailing `seed=N` directory is a seed of that
+configuration. Writes, into `--out` (default SWEEP_DIR/compare):
+- `summary.md` and `summary.csv`: per configuration and metric, the final and the best
+  (highest) value, mean ± std over seeds (sample std; 0 for one seed), and the seeds found;
+- `<metric>.png`: the metric against the epoch or `--x` (e.g. `oracle/queries`), one line
+  per configuration (mean over the seeds that reached that point), a band of ± one std.
+Partial sweeps work: each configuration counts the seeds and points that exist.
+"""
+
+import argparse
+import csv
+import math
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rlft.tensorboard import read_scalars
+from rlft.visualize import metric_curves
+
+DEFAULT_METRICS = ("reward/mean", "eval/oracle_reward")
+SEED_DIR = re.compile(r"seed=(\S+)")
+
+
+class CompareError(Exception):
+    pass
+
+
+def find_runs(sweep_dir: Path) -> dict[str, dict[str, Path]]:
+    """configuration -> seed -> run directory, for every directory holding event files."""
+    if not sweep_dir.is_dir():
+        raise CompareError(f"{sweep_dir} is not a directory")
+    runs = defaultdict(dict)
+    for run in sorted({p.parent for p in sweep_dir.rglob("events.out.tfevents.*")}):
+        seed_match = SEED_DIR.fullmatch(run.name)
+        config_dir = run.parent if seed_match else run
+        config = str(config_dir.relative_to(sweep_dir)) if config_dir != sweep_dir else sweep_dir.name
+        runs[config][seed_match.group(1) if seed_match else "-"] = run
+    if not runs:
+        raise CompareError(
+            f"no TensorBoard event files under {sweep_dir}: a sweep directory holds one folder per job "
+            f"(named by its overrides), each with events.out.tfevents.* (python -m rlft -m ... hydra.sweep.dir=DIR)"
+        )
+    return dict(runs)
+
+
+def series(scalars: dict, metric: str, x: str | None) -> list[tuple[float, float]]:
+    points = scalars.get(metric, [])
+    if x is None:
+        return [(float(step), value) for step, value in points]
+    x_at = dict(scalars.get(x, []))
+    return [(x_at[step], value) for step, value in points if step in x_at]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path) -> list[dict]:
+    runs = find_runs(sweep_dir)
+    scalars = {(c, s): read_scalars(path) for c, seeds in runs.items() for s, path in seeds.items()}
+    logged = sorted({tag for tags in scalars.values() for tag in tags})
+    if metrics is None:
+        metrics = [m for m in DEFAULT_METRICS if m in logged]
+        if not metrics:
+            raise CompareError(f"none of the default metrics {list(DEFAULT_METRICS)} was logged; pass --metric, one of {logged}")
+    missing = [m for m in [*metrics, *([x] if x else [])] if m not in logged]
+    if missing:
+        raise CompareError(f"no run under {sweep_dir} logged {missing}; the runs logged {logged}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for metric in metrics:
+        lines, bands = {}, {}
+        for config, seeds in runs.items():
+            per_seed = {s: series(scalars[config, s], metric, x) for s in seeds}
+            per_seed = {s: pts for s, pts in per_seed.items() if pts}
+            if not per_seed:
+                continue
+            finals = [pts[-1][1] for pts in per_seed.values()]
+            bests = [max(v for _, v in pts) for pts in per_seed.values()]
+            (final, final_std), (best, best_std) = mean_std(finals), mean_std(bests)
+            rows.append({
+                "config": config, "metric": metric, "seeds": len(per_seed), "seed_names": " ".join(sorted(per_seed)),
+                "final_mean": final, "final_std": final_std, "best_mean": best, "best_std": best_std,
+                "last_x": max(pts[-1][0] for pts in per_seed.values()),
+            })
+            at_x = defaultdict(list)
+            for pts in per_seed.values():
+                for px, value in pts:
+                    at_x[px].append(value)
+            xs = sorted(at_x)
+            lines[config] = [(px, float(np.mean(at_x[px]))) for px in xs]
+            if len(per_seed) > 1:
+                bands[config] = [(px, m - sd, m + sd) for px in xs for m, sd in [mean_std(at_x[px])]]
+        figure = metric_curves(lines, ylabel=metric, xlabel=x or "epoch", title=f"{sweep_dir.name}: mean ± std over seeds", bands=bands)
+        figure.savefig(out / f"{metric.replace('/', '_')}.png", dpi=100)
+    write_tables(rows, out, x)
+    return rows
+
+
+def write_tables(rows: list[dict], out: Path, x: str | None) -> None:
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda m, s: "nan" if math.isnan(m) else f"{m:.4f} ± {s:.4f}"
+    lines = [
+        f"| configuration | metric | seeds | final | best | last {x or 'epoch'} |",
+        "|---|---|---|---|---|---|",
+        *(f"| `{r['config']}` | {r['metric']} | {r['seeds']} | {fmt(r['final_mean'], r['final_std'])} | "
+          f"{fmt(r['best_mean'], r['best_std'])} | {r['last_x']:g} |" for r in rows),
+    ]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rlft compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (hydra.sweep.dir)")
+    parser.add_argument("--metric", action="append", help=f"a metric to compare (repeatable; default {list(DEFAULT_METRICS)})")
+    parser.add_argument("--x", default=None, help="a metric for the x-axis, e.g. oracle/queries (default: the epoch)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default SWEEP_DIR/compare)")
+    args = parser.parse_args(argv)
+    try:
+        rows = compare(args.sweep_dir, args.metric, args.x, args.out or args.sweep_dir / "compare")
+    except CompareError as error:
+        sys.exit(f"rlft compare: {error}")
+    out = args.out or args.sweep_dir / "compare"
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}/summary.md, summary.csv and {len({r['metric'] for r in rows})} plot(s)")
+
+
+if __name__ == "__main__":
+    main()

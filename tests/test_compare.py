@@ -1,0 +1,49 @@
+"""rlft compare on synthetic sweeps: the table's numbers, partial sweeps, clear errors."""
+
+import csv
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from rlft.compare import main
+
+
+def write_run(path, rewards, queries_per_epoch=32):
+    with SummaryWriter(path) as writer:
+        for step, reward in enumerate(rewards):
+            writer.add_scalar("eval/oracle_reward", reward, step)
+            writer.add_scalar("oracle/queries", queries_per_epoch * step, step)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    write_run(tmp_path / "aggregation=max" / "seed=0", [-0.5, -0.3, -0.4])
+    write_run(tmp_path / "aggregation=max" / "seed=1", [-0.5, -0.1])  # interrupted: a partial sweep
+    write_run(tmp_path / "aggregation=mean" / "seed=0", [-0.5, -0.45, -0.2])
+    return tmp_path
+
+
+def test_table_holds_final_and_best_over_seeds(sweep):
+    main([str(sweep), "--metric", "eval/oracle_reward", "--x", "oracle/queries"])
+    rows = {r["config"]: r for r in csv.DictReader(open(sweep / "compare" / "summary.csv"))}
+    assert set(rows) == {"aggregation=max", "aggregation=mean"}
+    top = rows["aggregation=max"]
+    assert top["seeds"] == "2" and top["seed_names"] == "0 1"
+    assert float(top["final_mean"]) == pytest.approx(-0.25)  # last values -0.4 and -0.1
+    assert float(top["final_std"]) == pytest.approx(0.2121320, abs=1e-6)  # sample std of the two
+    assert float(top["best_mean"]) == pytest.approx(-0.2)  # best values -0.3 and -0.1
+    assert float(top["last_x"]) == 64
+    assert float(rows["aggregation=mean"]["final_std"]) == 0  # one seed
+    assert "| `aggregation=max` | eval/oracle_reward | 2 | -0.2500 ± 0.2121 | -0.2000 ± 0.1414 | 64 |" in (
+        sweep / "compare" / "summary.md").read_text()
+    assert (sweep / "compare" / "eval_oracle_reward.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_event_files_is_a_clear_message(tmp_path):
+    with pytest.raises(SystemExit, match="rlft compare: no TensorBoard event files under"):
+        main([str(tmp_path)])
+
+
+def test_unknown_metric_names_what_was_logged(sweep):
+    with pytest.raises(SystemExit, match=r"no run under .* logged \['reward/mean'\]; the runs logged \['eval/oracle_reward', 'oracle/queries'\]"):
+        main([str(sweep), "--metric", "reward/mean"])
