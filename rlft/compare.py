@@ -25,6 +25,14 @@ from rlft.visualize import metric_curves
 
 DEFAULT_METRICS = ("reward/mean", "eval/oracle_reward")
 SEED_DIR = re.compile(r"seed=(\S+)")
+ITEM_SEP = re.compile(r",(?![^\[]*\])")  # commas between overrides, not inside a list value
+
+
+def short_labels(configs: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Drop the overrides every configuration shares: config -> label, and the shared ones."""
+    items = {c: ITEM_SEP.split(c) for c in configs}
+    shared = [i for i in items[configs[0]] if all(i in v for v in items.values())] if len(configs) > 1 else []
+    return {c: ",".join(i for i in v if i not in shared) or c for c, v in items.items()}, shared
 
 
 class CompareError(Exception):
@@ -74,6 +82,7 @@ def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path
         raise CompareError(f"no run under {sweep_dir} logged {missing}; the runs logged {logged}")
 
     out.mkdir(parents=True, exist_ok=True)
+    labels, shared = short_labels(list(runs))
     rows = []
     for metric in metrics:
         lines, bands = {}, {}
@@ -86,7 +95,7 @@ def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path
             bests = [max(v for _, v in pts) for pts in per_seed.values()]
             (final, final_std), (best, best_std) = mean_std(finals), mean_std(bests)
             rows.append({
-                "config": config, "metric": metric, "seeds": len(per_seed), "seed_names": " ".join(sorted(per_seed)),
+                "config": labels[config], "metric": metric, "seeds": len(per_seed), "seed_names": " ".join(sorted(per_seed)),
                 "final_mean": final, "final_std": final_std, "best_mean": best, "best_std": best_std,
                 "last_x": max(pts[-1][0] for pts in per_seed.values()),
             })
@@ -95,22 +104,23 @@ def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path
                 for px, value in pts:
                     at_x[px].append(value)
             xs = sorted(at_x)
-            lines[config] = [(px, float(np.mean(at_x[px]))) for px in xs]
+            lines[labels[config]] = [(px, float(np.mean(at_x[px]))) for px in xs]
             if len(per_seed) > 1:
-                bands[config] = [(px, m - sd, m + sd) for px in xs for m, sd in [mean_std(at_x[px])]]
+                bands[labels[config]] = [(px, m - sd, m + sd) for px in xs for m, sd in [mean_std(at_x[px])]]
         figure = metric_curves(lines, ylabel=metric, xlabel=x or "epoch", title=f"{sweep_dir.name}: mean ± std over seeds", bands=bands)
-        figure.savefig(out / f"{metric.replace('/', '_')}.png", dpi=100)
-    write_tables(rows, out, x)
+        figure.savefig(out / f"{metric.replace('/', '_')}.png", dpi=100, bbox_inches="tight")
+    write_tables(rows, out, x, shared)
     return rows
 
 
-def write_tables(rows: list[dict], out: Path, x: str | None) -> None:
+def write_tables(rows: list[dict], out: Path, x: str | None, shared: list[str]) -> None:
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     fmt = lambda m, s: "nan" if math.isnan(m) else f"{m:.4f} ± {s:.4f}"
     lines = [
+        *([f"All configurations share `{','.join(shared)}`.", ""] if shared else []),
         f"| configuration | metric | seeds | final | best | last {x or 'epoch'} |",
         "|---|---|---|---|---|---|",
         *(f"| `{r['config']}` | {r['metric']} | {r['seeds']} | {fmt(r['final_mean'], r['final_std'])} | "

@@ -44,5 +44,6 @@ def metric_curves(
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never hides a curve
-    fig.tight_layout()
+    else:
+        fig.tight_layout()  # a legend outside is fitted by savefig(bbox_inches="tight") instead
     return fig
