@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rlft.assets import asset_path
+from rlft.prompts import prompt_set
 
 # conf/ sits at the top of the repository (the user's layout); rlft is installed editable.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -23,7 +24,9 @@ def job_name(override_dirname: str, algorithm: str) -> str:
 # `${asset:digits16}` -> the path of a model directory shipped inside the package.
 # `${len:${.queries_per_round}}`, `${mul:a,b}`: SEIKO's epochs from its round schedule.
 # `${job_name:${hydra:job.override_dirname},${algorithm.name}}`: see job_name.
-for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("job_name", job_name)):
+# `${prompt_set:imagenet_animals}`: a prompt list shipped in rlft/prompts/.
+for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("job_name", job_name),
+                       ("prompt_set", prompt_set)):
     if not OmegaConf.has_resolver(name):
         OmegaConf.register_new_resolver(name, resolver)
 

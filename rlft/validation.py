@@ -1,6 +1,7 @@
 """Checks of a composed config, run before anything is built: a bad value fails at once,
 naming the setting, the value and what is valid."""
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -21,6 +22,15 @@ def validate(cfg: DictConfig) -> None:
     _check(p.reduction in ("mean", "sum"), "policy.reduction", p.reduction, "must be mean or sum (reduction=mean|sum)")
     _check(p.lora_rank is None or p.lora_rank >= 1, "policy.lora_rank", p.lora_rank, "must be >= 1, or null for full fine-tuning")
     _check(p.eta > 0, "policy.eta", p.eta, "must be > 0: eta=0 makes DDIM deterministic, with no log-probability for RL")
+    dtype = cfg.model.get("dtype", "float32")
+    _check(p.lora_rank is not None or dtype == "float32", "model.dtype", dtype,
+           "must be float32 for full fine-tuning (policy.lora_rank=null); for speed use trainer.precision=16-mixed")
+    t = cfg.trainer
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    _check(not (on_cpu and str(t.get("precision", "32")).startswith("16")), "trainer.precision",
+           t.get("precision"), "16-bit needs a GPU (trainer.accelerator=gpu); on a CPU use 32 or bf16-mixed")
+    _check(not (on_cpu and dtype == "float16"), "model.dtype", dtype,
+           "float16 weights need a GPU (trainer.accelerator=gpu); on a CPU use model.dtype=float32")
 
     if "aggregation" in cfg:
         instantiate(cfg.aggregation)  # each aggregation checks its own parameters

@@ -18,6 +18,14 @@ GROUPS = {  # every option of every group of the main app
 }
 
 
+REQUIRED = {  # options with a value only the user can give (`???`)
+    "stable_diffusion": ["model.pretrained=/path/to/pipeline", "model.dtype=float32"],
+    "sd15": ["model.dtype=float32"],  # float16 weights need a GPU
+    "sd21": ["model.dtype=float32"],
+    "aesthetic": ["reward.head_path=/path/to/head.pth"],
+}
+
+
 def compose_cfg(overrides=(), output_dir="/tmp/rlft-test"):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"hydra.runtime.output_dir={output_dir}"], return_hydra_config=True)
@@ -33,18 +41,23 @@ def test_groups_are_not_empty():
 @pytest.mark.parametrize("algorithm", GROUPS["algorithm"])
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_every_option_composes_resolves_and_validates(group, option, algorithm):
-    cfg = compose_cfg([f"algorithm={algorithm}", f"{group}={option}"])
+    cfg = compose_cfg([f"algorithm={algorithm}", f"{group}={option}", *REQUIRED.get(option, [])])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves, as train() logs them all
     validate(cfg)
 
 
 @pytest.mark.parametrize("option", GROUPS["reward"])
-def test_every_reward_instantiates_and_scores(option):
+def test_every_reward_instantiates_and_scores(option, tmp_path):
     overrides = [f"reward={option}"]
     if option == "http":  # a local service to answer it
         from tests.test_http_reward import FlakyRewardServer
 
         overrides.append(f"reward.url={FlakyRewardServer(failures=0).url}")
+    if option == "aesthetic":  # a tiny CLIP and head, saved here
+        from tests.tiny_sd import save_tiny_aesthetic_head, save_tiny_clip
+
+        overrides += [f"reward.clip_path={save_tiny_clip(tmp_path / 'clip')}",
+                      f"reward.head_path={save_tiny_aesthetic_head(tmp_path / 'head.pth')}"]
     reward = instantiate(compose_cfg(overrides).reward)
     images = torch.rand(3, 1, 16, 16)
     rewards = torch.as_tensor(reward(images, ["a handwritten 1", "a handwritten 2", "the number three"]))

@@ -62,6 +62,7 @@ class DiffusionPolicy(nn.Module):
         lora_rank: int | None = 4,
         lora_alpha: float | None = None,
         lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+        negative_prompt: str = "",
     ):
         super().__init__()
         self.unet = unet
@@ -84,9 +85,14 @@ class DiffusionPolicy(nn.Module):
                     target_modules=list(lora_target_modules),
                 )
             )
-        # The unconditional embedding of classifier-free guidance never changes: encode once.
+            # Trainable LoRA weights in float32 whatever the frozen base's dtype (fp16 on GPUs):
+            # Adam's updates of size lr * 1e-3 would vanish in float16.
+            for param in self.trainable_parameters():
+                param.data = param.data.float()
+        # The unconditional (negative-prompt) embedding of classifier-free guidance never
+        # changes: encode it once.
         with torch.no_grad():
-            self.register_buffer("uncond_embed", prompt_encoder.encode([""]), persistent=False)
+            self.register_buffer("uncond_embed", prompt_encoder.encode([negative_prompt]), persistent=False)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]

@@ -1,0 +1,77 @@
+"""Stable Diffusion 1.x/2.x through diffusers: the model users run on GPUs.
+
+`load_stable_diffusion` reads a `StableDiffusionPipeline` directory or hub id component by
+component with diffusers'/transformers' own `from_pretrained` (the code path a user runs
+with real weights; the tests run it on a tiny pipeline they save). The VAE and the text
+encoder are frozen in the inference dtype; the UNet's base weights too, while its LoRA
+weights (added by `DiffusionPolicy`) are kept in float32.
+"""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ClipPromptEncoder(nn.Module):
+    """Prompts -> CLIP text encoder hidden states (B, 77, D), as StableDiffusionPipeline
+    encodes them (padding to the tokenizer's max length, truncation)."""
+
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+
+def load_stable_diffusion(
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    dtype: str = "float16",
+    gradient_checkpointing: bool = False,
+) -> dict:
+    """-> the components `DiffusionPolicy` takes: unet, scheduler (DDIM, from the pipeline's
+    scheduler config), prompt_encoder (CLIP), vae."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
+    local = Path(pretrained)
+    if local.exists() or pretrained.startswith((".", "/")):
+        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r} is not a Stable Diffusion pipeline directory: missing {missing} "
+                f"(expected {list(COMPONENTS)}, as StableDiffusionPipeline.save_pretrained writes)"
+            )
+    torch_dtype = DTYPES[dtype]
+    common = {"revision": revision}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", variant=variant, torch_dtype=torch_dtype, **common)
+        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, torch_dtype=torch_dtype, **common)
+        text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", variant=variant, dtype=torch_dtype, **common)
+        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
+        # DDIM, configured from the pipeline's own scheduler (SD ships PNDM), as DDPO does.
+        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(pretrained, subfolder="scheduler", **common))
+    except (OSError, ValueError) as error:
+        raise OSError(f"could not load Stable Diffusion from model.pretrained={pretrained!r} "
+                      f"(revision={revision}, variant={variant}): {error}") from error
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()  # recompute activations in backward: memory for time
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "prompt_encoder": ClipPromptEncoder(tokenizer, text_encoder.requires_grad_(False).eval()),
+        "vae": vae.requires_grad_(False).eval(),
+    }

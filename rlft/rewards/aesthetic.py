@@ -1,0 +1,92 @@
+"""The LAION aesthetic score, as DDPO uses it: an MLP on L2-normalised CLIP ViT-L/14 image
+embeddings (`sac+logos+ava1-l14-linearMSE.pth`). Differentiable in the images, so SEIKO can
+backpropagate through it, and its CLIP features serve as SEIKO's ensemble backbone."""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel
+from transformers.image_processing_utils import ImageProcessingMixin
+
+
+class AestheticMLP(nn.Module):
+    """768 -> 1024 -> 128 -> 64 -> 16 -> 1, the improved-aesthetic-predictor layout (its
+    state dict keys are `layers.N.weight`); dropout is inactive in eval mode."""
+
+    def __init__(self, input_dim: int = 768):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(input_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.layers(embeddings)
+
+
+class ClipImageFeatures(nn.Module):
+    """Images (B, C, H, W) in [0, 1] -> L2-normalised CLIP image embeddings (B, D), with
+    CLIP's preprocessing (resize, centre crop, normalise) written in torch so that gradients
+    flow to the images."""
+
+    def __init__(self, clip_path: str, dtype: str = "float32"):
+        super().__init__()
+        self.clip = CLIPModel.from_pretrained(clip_path, dtype=getattr(torch, dtype)).requires_grad_(False).eval()
+        # The processor's settings only (its own PIL pipeline is not differentiable).
+        processor, _ = ImageProcessingMixin.get_image_processor_dict(clip_path)
+        size = processor["crop_size"]
+        self.size = int(size if isinstance(size, int) else size["height"])
+        self.register_buffer("mean", torch.tensor(processor["image_mean"]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(processor["image_std"]).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.clip.config.projection_dim
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        # Shorter side to `size`, then the centre square, as CLIPImageProcessor does.
+        h, w = images.shape[-2:]
+        scale = self.size / min(h, w)
+        images = F.interpolate(images.float(), size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+                               mode="bicubic", align_corners=False, antialias=True)
+        top, left = (images.shape[-2] - self.size) // 2, (images.shape[-1] - self.size) // 2
+        images = images[..., top : top + self.size, left : left + self.size]
+        pixels = ((images - self.mean) / self.std).to(self.clip.dtype)
+        embeddings = self.clip.get_image_features(pixel_values=pixels)
+        if not isinstance(embeddings, torch.Tensor):  # a model output in some transformers versions
+            embeddings = embeddings.pooler_output
+        return F.normalize(embeddings.float(), dim=-1)
+
+
+class AestheticScore(nn.Module):
+    """reward = MLP(normalised CLIP embedding). `head_path`: the predictor's state dict."""
+
+    def __init__(self, clip_path: str, head_path: str, dtype: str = "float32"):
+        super().__init__()
+        self.backbone = ClipImageFeatures(clip_path, dtype)
+        if not Path(head_path).is_file():
+            raise FileNotFoundError(f"reward.head_path={head_path!r}: no such file (the aesthetic predictor's weights, "
+                                    f"e.g. sac+logos+ava1-l14-linearMSE.pth)")
+        state = torch.load(head_path, map_location="cpu", weights_only=True)
+        self.head = AestheticMLP(self.backbone.dim)
+        expected = {k: tuple(v.shape) for k, v in self.head.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if found != expected:
+            raise ValueError(
+                f"reward.head_path={head_path!r} does not fit reward.clip_path={clip_path!r}: the head has "
+                f"{found}, but an aesthetic MLP on this CLIP's {self.backbone.dim}-d embeddings has {expected}"
+            )
+        self.head.load_state_dict(state)
+        self.requires_grad_(False).eval()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """SEIKO's ensemble backbone: the same normalised CLIP embeddings."""
+        return self.backbone.features(images)
+
+    def forward(self, images: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+        self.to(images.device)
+        return self.head(self.features(images)).squeeze(-1).float()

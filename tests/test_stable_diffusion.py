@@ -1,0 +1,90 @@
+"""The Stable Diffusion path on a tiny pipeline and a tiny CLIP that the tests save: the real
+`from_pretrained` loaders, PPO and SEIKO through `model=stable_diffusion`, the aesthetic
+reward, and LoRA weights that load into a plain diffusers pipeline."""
+
+import pytest
+import torch
+
+from rlft.models.stable_diffusion import load_stable_diffusion
+from rlft.rewards.aesthetic import AestheticScore
+from tests.test_end_to_end import run_rlft
+from tests.tiny_sd import save_tiny_aesthetic_head, save_tiny_clip, save_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_sd")
+    return {
+        "sd": save_tiny_sd(root / "sd"),
+        "clip": save_tiny_clip(root / "clip"),
+        "head": save_tiny_aesthetic_head(root / "head.pth"),
+        "root": root,
+    }
+
+
+def sd_overrides(assets) -> list[str]:
+    return [
+        "model=stable_diffusion", f"model.pretrained={assets['sd']}", "model.dtype=float32", "policy.num_steps=2",
+        "reward=aesthetic", f"reward.clip_path={assets['clip']}", f"reward.head_path={assets['head']}",
+        f"model.reward_features.clip_path={assets['clip']}", "model.reward_feature_dim=8",
+        "model.prompts.train=[a cat,a dog]", "model.prompts.eval=[a fox]", "data.samples_per_epoch=4",
+        "algorithm.module.evaluation.samples_per_prompt=2", "trainer.max_epochs=1",
+    ]
+
+
+def test_ppo_runs_and_its_lora_loads_into_a_plain_pipeline(assets, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    run = tmp_path / "run"
+    run_rlft(*sd_overrides(assets), "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2",
+             "algorithm.lr=0.05", "algorithm.clip_range=0.5", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+    # The README's one-liner, on a plain diffusers pipeline.
+    pipe = StableDiffusionPipeline.from_pretrained(assets["sd"])
+    draw = lambda: pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    base = draw()
+    pipe.load_lora_weights(run / "lora")
+    tuned = draw()
+    assert base.shape == tuned.shape == (1, 3, 64, 64)
+    assert (tuned - base).abs().max() > 1e-4, "the LoRA weights did not change the pipeline's output"
+
+
+def test_seiko_runs_with_the_aesthetic_reward_and_clip_backbone(assets, tmp_path):
+    run = tmp_path / "run"
+    run_rlft(*sd_overrides(assets), "algorithm=seiko", "algorithm.queries_per_round=[4]", "algorithm.epochs_per_round=1",
+             "algorithm.truncation_steps=1", "algorithm.train_batch_size=2", "algorithm.module.ensemble_epochs=2",
+             f"hydra.run.dir={run}", cwd=tmp_path)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_missing_or_malformed_model_directory_names_the_path(assets, tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"model.pretrained='{tmp_path}/nowhere' is not a Stable Diffusion pipeline"):
+        load_stable_diffusion(str(tmp_path / "nowhere"))
+    (tmp_path / "partial" / "unet").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"missing \['vae', 'text_encoder', 'tokenizer', 'scheduler'\]"):
+        load_stable_diffusion(str(tmp_path / "partial"))
+
+
+def test_a_head_that_does_not_fit_the_clip_names_both_paths(assets, tmp_path):
+    wrong = save_tiny_aesthetic_head(tmp_path / "head768.pth", input_dim=768)
+    with pytest.raises(ValueError, match=f"reward.head_path='{wrong}' does not fit reward.clip_path='{assets['clip']}'"):
+        AestheticScore(str(assets["clip"]), str(wrong))
+
+
+def test_aesthetic_reward_is_differentiable_in_the_images(assets):
+    reward = AestheticScore(str(assets["clip"]), str(assets["head"]))
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    reward(images, ["a", "b"]).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_loaded_components_are_frozen_and_lora_is_float32(assets):
+    from rlft.diffusion.policy import DiffusionPolicy
+
+    components = load_stable_diffusion(str(assets["sd"]), dtype="bfloat16")
+    policy = DiffusionPolicy(**components, num_steps=2)
+    assert components["vae"].dtype == torch.bfloat16 and not any(p.requires_grad for p in components["vae"].parameters())
+    trainable = policy.trainable_parameters()
+    assert trainable and all(p.dtype == torch.float32 and "lora" in n for n, p in policy.unet.named_parameters() if p.requires_grad)
+    assert policy.unet.conv_in.weight.dtype == torch.bfloat16

@@ -1,0 +1,73 @@
+"""A tiny Stable Diffusion pipeline and a tiny CLIP, built and saved by the tests, so the
+real `from_pretrained` loading code runs without downloading anything."""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPImageProcessor, CLIPModel, CLIPConfig, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
+
+from rlft.rewards.aesthetic import AestheticMLP
+
+
+def tiny_tokenizer(max_length: int = 16) -> CLIPTokenizer:
+    """Character-level BPE vocabulary (no merges): every lowercase word is encodable."""
+    vocab = {}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def save_tiny_sd(path: Path) -> Path:
+    """A StableDiffusionPipeline directory: 16x16 latents of 4 channels, a 64x64 image VAE."""
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+        pad_token_id=len(tokenizer) - 1,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
+        sample_size=64,
+    )
+    # SD ships a PNDM scheduler config; rlft reads it into DDIM, as DDPO does.
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                              steps_offset=1, set_alpha_to_one=False)
+    pipeline = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(path)
+    return path
+
+
+def save_tiny_clip(path: Path, projection_dim: int = 8) -> Path:
+    """A CLIPModel directory with its image processor (16x16 crops)."""
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=CLIPTextConfig(vocab_size=74, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, max_position_embeddings=16, bos_token_id=72,
+                                   eos_token_id=73, pad_token_id=73).to_dict(),
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=16, patch_size=8).to_dict(),
+        projection_dim=projection_dim,
+    )
+    CLIPModel(config).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
+    return path
+
+
+def save_tiny_aesthetic_head(path: Path, input_dim: int = 8) -> Path:
+    torch.manual_seed(1)
+    torch.save(AestheticMLP(input_dim).state_dict(), path)
+    return path
