@@ -89,7 +89,7 @@ def test_a_failed_job_does_not_lose_the_others(tiny_model_dir, tmp_path):
          "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
     )
     assert result.returncode != 0 and "algorithm.clip_range=2 is invalid" in result.stderr
-    assert list(sweep_dir.glob("algorithm.clip_range=0.001,*/seed=0/events.out.tfevents.*"))
+    assert list(sweep_dir.glob("algorithm=ppo,algorithm.clip_range=0.001,*/seed=0/events.out.tfevents.*"))
 
 
 def test_resume_from_last_checkpoint_continues_the_epochs(tiny_model_dir, tmp_path):
@@ -121,5 +121,5 @@ def test_pretrain_commands_write_loadable_models(tmp_path):
 
 def test_help_lists_groups_and_options(tmp_path):
     out = run_rlft("--help", cwd=tmp_path).stdout
-    for line in ("algorithm: ppo, seiko", "reduction: mean, sum", "reward: compressibility, digit_alignment, http, incompressibility"):
+    for line in ("algorithm: ppo, seiko", "reduction: mean, sum", "reward: aesthetic, compressibility, digit_alignment, http, incompressibility"):
         assert line in out, out
