@@ -29,6 +29,11 @@ def validate(cfg: DictConfig) -> None:
     on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
     _check(not (on_cpu and str(t.get("precision", "32")).startswith("16")), "trainer.precision",
            t.get("precision"), "16-bit needs a GPU (trainer.accelerator=gpu); on a CPU use 32 or bf16-mixed")
+    # 16-mixed scales the loss; the algorithms clip and check gradients before Lightning's
+    # scaler unscales them, so clipping would act on scaled gradients. bf16 needs no scaler.
+    _check(str(t.get("precision", "32")) not in ("16-mixed", "16"), "trainer.precision", t.get("precision"),
+           "16-mixed (float16 with a loss scaler) is not supported yet: use bf16-mixed (Ampere and later) "
+           "or 32 with model.dtype=bfloat16 frozen weights")
     _check(not (on_cpu and dtype == "float16"), "model.dtype", dtype,
            "float16 weights need a GPU (trainer.accelerator=gpu); on a CPU use model.dtype=float32")
 
