@@ -118,7 +118,7 @@ def write_tables(rows: list[dict], out: Path, x: str | None, shared: list[str]) 
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    fmt = lambda m, s: "nan" if math.isnan(m) else f"{m:.4f} ± {s:.4f}"
+    fmt = lambda m, s: "nan" if math.isnan(m) else f"{m:.4g} ± {s:.2g}"
     lines = [
         *([f"All configurations share `{','.join(shared)}`.", ""] if shared else []),
         f"| configuration | metric | seeds | final | best | last {x or 'epoch'} |",

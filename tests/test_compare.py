@@ -34,7 +34,7 @@ def test_table_holds_final_and_best_over_seeds(sweep):
     assert float(top["best_mean"]) == pytest.approx(-0.2)  # best values -0.3 and -0.1
     assert float(top["last_x"]) == 64
     assert float(rows["aggregation=mean"]["final_std"]) == 0  # one seed
-    assert "| `aggregation=max` | eval/oracle_reward | 2 | -0.2500 ± 0.2121 | -0.2000 ± 0.1414 | 64 |" in (
+    assert "| `aggregation=max` | eval/oracle_reward | 2 | -0.25 ± 0.21 | -0.2 ± 0.14 | 64 |" in (
         sweep / "compare" / "summary.md").read_text()
     assert (sweep / "compare" / "eval_oracle_reward.png").read_bytes()[:4] == b"\x89PNG"
 
