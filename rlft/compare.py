@@ -58,11 +58,14 @@ def find_runs(sweep_dir: Path) -> dict[str, dict[str, Path]]:
 
 
 def series(scalars: dict, metric: str, x: str | None) -> list[tuple[float, float]]:
+    """[(x, value)] in step order. Against another metric (e.g. oracle/queries, constant
+    over a SEIKO round's epochs) the last value at each x is kept: the state after it."""
     points = scalars.get(metric, [])
     if x is None:
         return [(float(step), value) for step, value in points]
     x_at = dict(scalars.get(x, []))
-    return [(x_at[step], value) for step, value in points if step in x_at]
+    last = {x_at[step]: value for step, value in points if step in x_at}
+    return sorted(last.items())
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

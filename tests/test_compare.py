@@ -39,6 +39,16 @@ def test_table_holds_final_and_best_over_seeds(sweep):
     assert (sweep / "compare" / "eval_oracle_reward.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_against_queries_the_last_value_at_each_x_counts(tmp_path):
+    with SummaryWriter(tmp_path / "seiko" / "seed=0") as writer:  # two epochs per round of 32 queries
+        for step, (queries, reward) in enumerate([(0, -0.5), (32, -0.45), (32, -0.4), (64, -0.35), (64, -0.3)]):
+            writer.add_scalar("eval/oracle_reward", reward, step)
+            writer.add_scalar("oracle/queries", queries, step)
+    main([str(tmp_path), "--metric", "eval/oracle_reward", "--x", "oracle/queries"])
+    (row,) = csv.DictReader(open(tmp_path / "compare" / "summary.csv"))
+    assert float(row["final_mean"]) == pytest.approx(-0.3) and float(row["last_x"]) == 64
+
+
 def test_no_event_files_is_a_clear_message(tmp_path):
     with pytest.raises(SystemExit, match="rlft compare: no TensorBoard event files under"):
         main([str(tmp_path)])
