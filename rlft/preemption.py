@@ -8,6 +8,7 @@ discarded: resuming redraws it exactly, since the checkpoint holds the RNG state
 """
 
 import signal
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -34,6 +35,14 @@ class GracefulStop(L.Callback):
 
         # Lightning's teardown puts back every handler that was there before fit, this one too.
         signal.signal(signal.SIGUSR1, handler)
+
+
+def last_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The run's resume point: the checkpoint callback's `last.ckpt` (None without one)."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.dirpath or not callback.save_last:
+        return None
+    return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
 
 
 def stop_if_requested(trainer: L.Trainer | None) -> None:

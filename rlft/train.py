@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from rlft.preemption import last_checkpoint
 from rlft.validation import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,7 @@ def resume_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        callback = trainer.checkpoint_callback
-        last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}" if callback else None
+        last = last_checkpoint(trainer)
         if last is None or not last.is_file():
             return None
         log.info(f"resuming from {last}")
@@ -62,8 +62,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.ckpt_path, trainer))
     except SIGTERMException:
         # The epoch in progress is discarded; the last checkpoint holds everything before it.
-        callback = trainer.checkpoint_callback
-        where = Path(callback.dirpath).parent if callback else "the same output directory"
+        last = last_checkpoint(trainer)
+        where = last.parent.parent if last else "the same output directory"
         log.warning(f"stopped by a signal in epoch {trainer.current_epoch}; that epoch is redone on resume. Resume "
                     f"with the same command in {where} (hydra.run.dir=..., or hydra.sweep.dir=... for a sweep); "
                     f"ckpt_path=last is the default")

@@ -79,26 +79,26 @@ def test_gives_up_after_the_retries_with_the_url():
     server.shutdown()
 
 
+def http_run(tmp_path, url: str, *overrides: str):
+    """A tiny PPO run (module, data, trainer) scored by the service at `url`."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    cfg = compose_cfg([f"model.pretrained={model_dir}", "reward=http", f"reward.url={url}", "reward.backoff_s=0",
+                       "trainer.max_epochs=1", "algorithm.sample_batch_size=4", "algorithm.train_batch_size=4",
+                       "policy.num_steps=2", *overrides], output_dir=str(tmp_path / "run"))
+    return build(cfg)
+
+
 def test_a_run_against_a_service_that_is_down_fails_naming_the_url(tmp_path):
     url = closed_port_url()
-    model_dir = save_tiny_model(tmp_path / "model")
-    cfg = compose_cfg([f"model.pretrained={model_dir}", "reward=http", f"reward.url={url}", "reward.retries=1",
-                       "reward.backoff_s=0", "trainer.max_epochs=1", "data.samples_per_epoch=4",
-                       "algorithm.sample_batch_size=4", "algorithm.train_batch_size=4", "policy.num_steps=2"],
-                      output_dir=str(tmp_path / "run"))
-    module, data, trainer = build(cfg)
+    module, data, trainer = http_run(tmp_path, url, "reward.retries=1", "data.samples_per_epoch=4")
     with pytest.raises(RewardServiceError, match=f"reward service at {url} failed"):
         trainer.fit(module, datamodule=data)
 
 
 def test_a_run_scores_through_a_flaky_service(tmp_path):
     server = FlakyRewardServer(failures=1)
-    model_dir = save_tiny_model(tmp_path / "model")
-    cfg = compose_cfg([f"model.pretrained={model_dir}", "reward=http", f"reward.url={server.url}", "reward.backoff_s=0",
-                       "trainer.max_epochs=1", "data.samples_per_epoch=8", "algorithm.sample_batch_size=4",
-                       "algorithm.train_batch_size=4", "policy.num_steps=2", "algorithm.module.evaluation.samples_per_prompt=1"],
-                      output_dir=str(tmp_path / "run"))
-    module, data, trainer = build(cfg)
+    module, data, trainer = http_run(tmp_path, server.url, "data.samples_per_epoch=8",
+                                     "algorithm.module.evaluation.samples_per_prompt=1")
     trainer.fit(module, datamodule=data)
     assert module.oracle_queries == 8
     assert server.requests == 1 + 2 + 1  # one 503 retried, 2 sampled chunks, 1 evaluation

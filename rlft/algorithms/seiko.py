@@ -14,7 +14,6 @@ then every epoch fine-tunes the policy to maximise the aggregated ensemble rewar
 import copy
 import logging
 import time
-from pathlib import Path
 from typing import Callable
 
 import lightning as L
@@ -28,7 +27,7 @@ from rlft.algorithms.optimizer_step import clipped_step
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.ensemble.bootstrap import bootstrap_counts
 from rlft.ensemble.reward_ensemble import RewardEnsemble
-from rlft.preemption import stop_if_requested
+from rlft.preemption import last_checkpoint, stop_if_requested
 from rlft.rng import get_rng_state, set_rng_state
 from rlft.visualize import sample_grid
 
@@ -160,9 +159,9 @@ class SEIKO(L.LightningModule):
     def save_round_checkpoint(self) -> None:
         """Oracle queries are what SEIKO pays for: checkpoint them as soon as they are in, as
         `last.ckpt`, so that `ckpt_path=last` resumes from here and never asks again."""
-        callback = self.trainer.checkpoint_callback
-        if callback is not None and callback.dirpath and callback.save_last:
-            self.trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+        path = last_checkpoint(self.trainer)
+        if path is not None:
+            self.trainer.save_checkpoint(path)
 
     # -- fine-tuning through the sampling chain ----------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int):
