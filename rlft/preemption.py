@@ -13,6 +13,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from rlft.distributed import any_rank
+
 
 class Preempted(SIGTERMException):
     """Raised at a safe point after SIGTERM or SIGUSR1."""
@@ -46,9 +48,12 @@ def last_checkpoint(trainer: L.Trainer) -> Path | None:
 
 
 def stop_if_requested(trainer: L.Trainer | None) -> None:
-    """Call at safe points: raises `Preempted` once SIGTERM or SIGUSR1 has arrived."""
+    """Call at safe points: raises `Preempted` once SIGTERM or SIGUSR1 has arrived. Under DDP
+    every rank passes the same safe points, and all stop there together when the signal
+    reached any of them (one rank stopping alone would leave the others waiting in a
+    collective)."""
     if trainer is None:
         return
     requested = trainer.received_sigterm or any(isinstance(c, GracefulStop) and c.requested for c in trainer.callbacks)
-    if requested:
+    if any_rank(trainer, requested):
         raise Preempted(f"stopped by a signal in epoch {trainer.current_epoch}; that epoch will be redone on resume")

@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import reset_seed
 
 
 def get_rng_state() -> dict:
@@ -27,3 +28,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def reseed_at_fit_start() -> None:
+    """Reseed the global RNGs from `seed` as Lightning's DDP strategy does when it sets up
+    its processes, so a run starts training from the same random state on one device as on
+    several. Called from the modules' `setup`, before a checkpoint's RNG state is restored."""
+    reset_seed()

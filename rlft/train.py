@@ -57,7 +57,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     hparams = OmegaConf.to_container(cfg, resolve=True)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(hparams)  # visible (and in hparams.yaml) while it runs
-        log.info(f"run directory: {trainer.logger.log_dir}  (tensorboard --logdir {trainer.logger.log_dir})")
+        if trainer.is_global_zero:
+            log.info(f"run directory: {trainer.logger.log_dir}  (tensorboard --logdir {trainer.logger.log_dir})")
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.ckpt_path, trainer))
     except SIGTERMException:
@@ -70,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         sys.exit(143)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     name = module.summary_metric
-    if module.first_reward_mean is not None and name in metrics:
+    if module.first_reward_mean is not None and name in metrics and trainer.is_global_zero:
         log.info(f"{name}: {module.first_reward_mean:.4f} (first) -> {metrics[name]:.4f} (last)")
     if trainer.logger is not None and name in metrics:
         # The HParams tab: every config value beside the final value of the summary metric.

@@ -2,8 +2,10 @@
 naming the setting, the value and what is valid."""
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 
 class ConfigError(ValueError):
@@ -13,6 +15,50 @@ class ConfigError(ValueError):
 def _check(ok: bool, setting: str, value, valid: str) -> None:
     if not ok:
         raise ConfigError(f"{setting}={value!r} is invalid: {valid}")
+
+
+def world_size(trainer_cfg) -> int | None:
+    """Processes a trainer config asks for, when the config says (devices an int or a list)."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    per_node = len(devices) if isinstance(devices, (list, ListConfig)) else devices if isinstance(devices, int) and devices > 0 else None
+    return per_node * trainer_cfg.get("num_nodes", 1) if per_node else None
+
+
+def check_sharding(world: int, samples_per_epoch: int, train_batch_size: int | None = None,
+                   gradient_accumulation_steps: int = 1) -> None:
+    """Under DDP every backward pass is a collective, so every rank must run as many: each
+    gets an equal shard of the epoch's samples, cut into whole micro-batches (PPO)."""
+    _check(samples_per_epoch % world == 0, "data.samples_per_epoch", samples_per_epoch,
+           f"must be a multiple of the {world} processes (trainer.devices x trainer.num_nodes), "
+           f"so that every rank gets an equal shard")
+    if train_batch_size is None:
+        return
+    per_rank = samples_per_epoch // world
+    if world == 1:
+        share, per = f"data.samples_per_epoch={samples_per_epoch}", "data.samples_per_epoch / algorithm.train_batch_size"
+    else:
+        share = f"the {per_rank} samples each of the {world} processes gets (data.samples_per_epoch={samples_per_epoch} / {world}); it is per device"
+        per = f"on each process: data.samples_per_epoch / {world} / algorithm.train_batch_size"
+    _check(per_rank % train_batch_size == 0, "algorithm.train_batch_size", train_batch_size, f"must divide {share}")
+    micro_batches = per_rank // train_batch_size
+    _check(gradient_accumulation_steps >= 1 and micro_batches % gradient_accumulation_steps == 0,
+           "algorithm.gradient_accumulation_steps", gradient_accumulation_steps,
+           f"must be >= 1 and divide the {micro_batches} micro-batches of an epoch ({per})")
+
+
+def check_launcher(world: int | None, devices) -> None:
+    """Lightning starts the other processes of a DDP run by re-running the command line; in a
+    local multirun that would re-run the whole sweep in every process."""
+    if not world or world == 1 or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    _check(hydra_cfg.mode != RunMode.MULTIRUN or "submitit" in launcher, "trainer.devices", devices,
+           f"{world} processes in a multirun with {launcher.rsplit('.', 1)[-1]} are not supported: Lightning "
+           f"re-runs the command line for each process, which would re-run the sweep. Use hydra/launcher=slurm "
+           f"(SLURM starts one task per device), or run the sweep's runs one by one")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -59,23 +105,13 @@ def validate(cfg: DictConfig) -> None:
         _check(a.adv_clip_max > 0, "algorithm.adv_clip_max", a.adv_clip_max, "must be > 0")
         _check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
         _check(a.num_inner_epochs >= 1, "algorithm.num_inner_epochs", a.num_inner_epochs, "must be >= 1")
-        _check(
-            d.samples_per_epoch % a.train_batch_size == 0,
-            "algorithm.train_batch_size", a.train_batch_size,
-            f"must divide data.samples_per_epoch={d.samples_per_epoch}",
-        )
-        micro_batches = d.samples_per_epoch // a.train_batch_size
-        _check(
-            a.gradient_accumulation_steps >= 1 and micro_batches % a.gradient_accumulation_steps == 0,
-            "algorithm.gradient_accumulation_steps", a.gradient_accumulation_steps,
-            f"must be >= 1 and divide the {micro_batches} micro-batches of an epoch "
-            f"(data.samples_per_epoch / algorithm.train_batch_size)",
-        )
+        check_sharding(world_size(t) or 1, d.samples_per_epoch, a.train_batch_size, a.gradient_accumulation_steps)
         _check(a.stat_buffer_size >= 1, "algorithm.stat_buffer_size", a.stat_buffer_size, "must be >= 1")
         _check(a.stat_min_count <= a.stat_buffer_size, "algorithm.stat_min_count", a.stat_min_count,
                f"must be <= algorithm.stat_buffer_size={a.stat_buffer_size}")
 
     if a.name == "seiko":
+        check_sharding(world_size(t) or 1, cfg.data.samples_per_epoch)
         budget = list(a.queries_per_round)
         _check(len(budget) > 0 and all(isinstance(n, int) and n > 0 for n in budget),
                "algorithm.queries_per_round", budget, "must be a non-empty list of positive query counts")
@@ -88,5 +124,6 @@ def validate(cfg: DictConfig) -> None:
         _check(0 < m.ensemble_val_fraction < 1, "algorithm.module.ensemble_val_fraction", m.ensemble_val_fraction,
                "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")
 
+    check_launcher(world_size(t), t.get("devices"))
     # Last: for SEIKO it follows from the budget, whose own message says more.
     _check(cfg.trainer.max_epochs >= 1, "trainer.max_epochs", cfg.trainer.max_epochs, "must be >= 1")

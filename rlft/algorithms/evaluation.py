@@ -2,16 +2,21 @@
 
 from typing import Callable
 
+import lightning as L
 import torch
+
+from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
+from rlft.distributed import gather, rank_and_world, shard
 
 
 class HeldOutEvaluation:
     """Samples `samples_per_prompt` images per held-out prompt and scores them with a reward
     instance of its own (measurement only: never fed back, never counted as a query).
 
-    The initial noise comes from a generator reseeded every time (common random numbers):
-    evaluations differ only through the policy, and training's random stream is untouched.
+    Sample i's noise is the same in every evaluation (common random numbers, from `seed`
+    and i): evaluations differ only through the policy, and training's random stream is
+    untouched. Under DDP each rank evaluates its shard; the mean is over all samples.
     """
 
     def __init__(self, reward_fn: Callable, samples_per_prompt: int = 4, seed: int = 2024, batch_size: int = 64):
@@ -21,11 +26,15 @@ class HeldOutEvaluation:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def __call__(self, policy: DiffusionPolicy, prompts: list[str], progress: bool = False):
-        """-> (mean reward, images, prompts, rewards)"""
-        prompts = [p for p in prompts for _ in range(self.samples_per_prompt)]
-        generator = torch.Generator(policy.uncond_embed.device).manual_seed(self.seed)
-        images = policy.sample_batched(prompts, self.batch_size, generator, progress, desc="evaluating").images
+    def __call__(self, policy: DiffusionPolicy, prompts: list[str], progress: bool = False, trainer: L.Trainer | None = None):
+        """-> (mean reward over all samples, and this rank's images, prompts, rewards)"""
+        rank, world = rank_and_world(trainer)
+        everything = [p for p in prompts for _ in range(self.samples_per_prompt)]
+        mine = shard(len(everything), rank, world)
+        prompts = everything[mine.start : mine.stop]
+        noise = sample_generators(self.seed, "eval", 0, mine, policy.uncond_embed.device)
+        images = policy.sample_batched(prompts, self.batch_size, noise, progress, desc="evaluating").images
         rewards = torch.as_tensor(self.reward_fn(images, prompts)).float().cpu()
-        finite = rewards[torch.isfinite(rewards)]  # a NaN here is counted by nobody: measure what is there
+        every_reward = gather(rewards, world)
+        finite = every_reward[torch.isfinite(every_reward)]  # a NaN here is counted by nobody: measure what is there
         return float(finite.mean()) if len(finite) else float("nan"), images, prompts, rewards

@@ -22,9 +22,12 @@ from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
+from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy, Trajectories
+from rlft.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard
 from rlft.preemption import stop_if_requested
-from rlft.rng import get_rng_state, set_rng_state
+from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
+from rlft.validation import check_sharding
 from rlft.visualize import sample_grid
 
 
@@ -56,6 +59,7 @@ class PPO(L.LightningModule):
         async_reward: bool = True,
         health: NonFiniteGuard | None = None,
         progress: bool = True,
+        seed: int = 0,
     ):
         super().__init__()
         # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
@@ -80,24 +84,36 @@ class PPO(L.LightningModule):
         self.async_reward = async_reward
         self.health = health or NonFiniteGuard()
         self.progress = progress
+        self.seed = seed  # names each sample's noise with the epoch and the sample's index
         self.oracle_queries = 0  # every image scored by the reward counts
         self.first_reward_mean = None  # this process's first epoch, for the closing summary
         self.epoch_steps = self.epoch_skipped_steps = 0
+
+    def setup(self, stage: str) -> None:
+        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch, self.train_batch_size, self.gradient_accumulation_steps)  # devices=auto: known only now
+        reseed_at_fit_start()
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
 
     # -- one RL epoch --------------------------------------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int):
+        """`prompts`: the epoch's global batch. Under DDP each rank samples and trains on its
+        contiguous shard; rewards are gathered, so advantages and the per-prompt statistics
+        are those of the global batch, the same on every rank."""
         t0 = time.perf_counter()
-        trajectories, rewards, reward_s = self.sample_and_score(prompts)
+        rank, world = rank_and_world(self.trainer)
+        mine = shard(len(prompts), rank, world)
+        trajectories, local_rewards, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
+        rewards = gather(local_rewards, world)  # (B,) in global order
+        self.oracle_queries += len(rewards)
         t1 = time.perf_counter()
         valid = torch.isfinite(rewards)
         bad = int((~valid).sum())
         self.health.count("nonfinite_rewards", bad)
         problems = []
         if bad:
-            examples = [trajectories.prompts[i] for i in (~valid).nonzero()[:3, 0]]
+            examples = [prompts[i] for i in (~valid).nonzero()[:3, 0]]
             message = f"the reward returned {bad}/{len(rewards)} non-finite values (prompts {examples})"
             log.warning(f"epoch {self.current_epoch}: {message}; those samples get no advantage")
             if self.health.too_many(bad, len(rewards)):
@@ -106,9 +122,9 @@ class PPO(L.LightningModule):
         if problems:
             log.warning(f"epoch {self.current_epoch}: update skipped")
         elif valid.any():
-            advantages = self.advantages(trajectories.prompts, rewards, valid)
+            advantages = self.advantages(prompts, rewards, valid)
             train_stats = {"rollout/advantage_absmean": advantages[valid].abs().mean(),
-                           **self.update(trajectories, advantages.to(self.device))}
+                           **self.update(trajectories, advantages[mine.start : mine.stop].to(self.device))}
             if self.health.too_many(self.epoch_skipped_steps, self.epoch_steps):
                 problems.append(f"{self.epoch_skipped_steps}/{self.epoch_steps} optimizer steps had a non-finite gradient")
         self.health.end_epoch(problems)  # raises when unhealthy epochs persist
@@ -121,11 +137,9 @@ class PPO(L.LightningModule):
             "reward/std": finite.std(unbiased=False),
             "reward/min": finite.min(),
             "reward/max": finite.max(),
-            "rollout/log_prob_mean": trajectories.log_probs.mean(),
+            "rollout/log_prob_mean": gather(trajectories.log_probs.mean(1), world).mean(),
             "oracle/queries": float(self.oracle_queries),
-            "time/sample_s": t1 - t0,
-            "time/reward_s": reward_s,
-            "time/train_s": t2 - t1,
+            **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1}, world),
             **train_stats,
             **self.health.metrics(),
         }
@@ -133,18 +147,21 @@ class PPO(L.LightningModule):
             (self.current_epoch + 1) % self.eval_every_n_epochs == 0 or self.current_epoch == self.trainer.max_epochs - 1
         ):
             show = self.progress and self.trainer.is_global_zero
-            metrics["eval/oracle_reward"] = self.evaluation(self.policy, self.trainer.datamodule.eval_prompts, show)[0]
+            metrics["eval/oracle_reward"] = self.evaluation(
+                self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer
+            )[0]
             stop_if_requested(self.trainer)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
         if self.first_reward_mean is None:
             self.first_reward_mean = float(finite.mean())
         self.log("reward", float(finite.mean()), prog_bar=True, logger=False)
-        self.log_samples(trajectories, rewards)
+        self.log_samples(trajectories, local_rewards)
 
-    def sample_and_score(self, prompts: list[str]) -> tuple[Trajectories, torch.Tensor, float]:
+    def sample_and_score(self, prompts: list[str], indices: range) -> tuple[Trajectories, torch.Tensor, float]:
         """Sample in chunks of `sample_batch_size`; with `async_reward` each chunk is scored
         in a worker thread while the next one samples (as ddpo-pytorch does), which hides a
-        slow reward (JPEG encoding, a remote service) behind UNet compute.
+        slow reward (JPEG encoding, a remote service) behind UNet compute. `indices`: the
+        prompts' places in the epoch's global batch, which name each sample's noise.
         -> (trajectories, rewards (B,) possibly non-finite, seconds spent in the reward)"""
         show = self.progress and self.trainer.is_global_zero
         parts, futures = [], []
@@ -152,7 +169,9 @@ class PPO(L.LightningModule):
             for start in tqdm(range(0, len(prompts), self.sample_batch_size), desc="sampling", leave=False,
                               disable=None if show else True):
                 stop_if_requested(self.trainer)
-                part = self.policy.sample(prompts[start : start + self.sample_batch_size])
+                chunk = range(start, min(start + self.sample_batch_size, len(prompts)))
+                noise = sample_generators(self.seed, "rollout", self.current_epoch, indices[chunk.start : chunk.stop], self.device)
+                part = self.policy.sample(prompts[chunk.start : chunk.stop], generator=noise)
                 parts.append(part)
                 futures.append(pool.submit(self.score, part))
                 if not self.async_reward:
@@ -167,7 +186,6 @@ class PPO(L.LightningModule):
         returned, not raised: `training_step` counts them and keeps them out of the update."""
         t0 = time.perf_counter()
         rewards = torch.as_tensor(self.reward_fn(trajectories.images, trajectories.prompts)).float().cpu()
-        self.oracle_queries += len(trajectories)
         if rewards.shape != (len(trajectories),):
             raise ValueError(f"the reward returned shape {tuple(rewards.shape)}; expected ({len(trajectories)},)")
         return rewards, time.perf_counter() - t0
@@ -210,8 +228,9 @@ class PPO(L.LightningModule):
                 for j in range(train_steps):
                     log_prob = self.policy.log_prob(latents[mb, j], next_latents[mb, j], timesteps[mb, j], embeds[mb])
                     loss, step_stats = ppo_clip_loss(log_prob, old_log_probs[mb, j], adv[mb], self.clip_range, self.max_log_ratio)
-                    self.manual_backward(loss / window)
                     passes += 1
+                    with grad_sync(self.trainer, sync=passes % window == 0):  # DDP: one all-reduce per step
+                        self.manual_backward(loss / window)
                     record = {"loss": loss.detach(), **vars(step_stats)}
                     for k, v in record.items():
                         stats[k].append(v)
@@ -221,18 +240,20 @@ class PPO(L.LightningModule):
                         stats["grad_norm"].append(self.optimizer_step(optimizer))
                     bar.update()
         bar.close()
-        out = {}
+        # Means (the max for the log-ratio) over this rank's passes, then over the ranks.
+        out = {f"train/{k}": torch.stack(values).float().max() if k == "log_ratio_absmax" else finite_mean(values)
+               for k, values in stats.items()}
+        out["train/approx_kl_first_update"] = finite_mean(first_update["approx_kl"])
+        out["train/clipfrac_first_update"] = finite_mean(first_update["clipfrac"])
+        out = mean_over_ranks(out, self.trainer.world_size, max_keys=("train/log_ratio_absmax",))
         # A non-finite loss gives a non-finite gradient, so its window's step was skipped.
-        self.health.count("nonfinite_losses", int((~torch.isfinite(torch.stack(stats["loss"]))).sum()))
-        for k, values in stats.items():
-            out[f"train/{k}"] = torch.stack(values).float().max() if k == "log_ratio_absmax" else finite_mean(values)
+        nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
+        self.health.count("nonfinite_losses", int(gather(torch.tensor([nonfinite]), self.trainer.world_size).sum()))
         # The window the clip puts on the joint (true) ratio: per element under `mean`, so
         # ((1 - eps)^N, (1 + eps)^N) for N latent elements; the joint ratio itself under `sum`.
         power = traj.latents[0, 0].numel() if self.policy.reduction == "mean" else 1
         out["train/joint_clip_low"] = math.exp(power * math.log1p(-self.clip_range))
         out["train/joint_clip_high"] = math.exp(power * math.log1p(self.clip_range))
-        out["train/approx_kl_first_update"] = finite_mean(first_update["approx_kl"])
-        out["train/clipfrac_first_update"] = finite_mean(first_update["clipfrac"])
         return out
 
     def optimizer_step(self, optimizer) -> torch.Tensor:
@@ -247,8 +268,8 @@ class PPO(L.LightningModule):
         last_epoch = self.current_epoch == self.trainer.max_epochs - 1
         if not every or (self.current_epoch % every and not last_epoch):
             return
-        if self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
-            return
+        if not self.trainer.is_global_zero or self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
+            return  # rank 0 shows its shard
         self.logger.experiment.add_figure("samples", sample_grid(traj.images, traj.prompts, rewards), self.current_epoch)
 
     # -- checkpoints ---------------------------------------------------------------------

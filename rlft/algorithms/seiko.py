@@ -24,11 +24,14 @@ from tqdm.auto import tqdm
 from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
+from rlft.diffusion.noise import sample_generators, stream_generator
 from rlft.diffusion.policy import DiffusionPolicy
+from rlft.distributed import gather, mean_over_ranks, rank_and_world, shard
 from rlft.ensemble.bootstrap import bootstrap_counts
 from rlft.ensemble.reward_ensemble import RewardEnsemble
 from rlft.preemption import last_checkpoint, stop_if_requested
-from rlft.rng import get_rng_state, set_rng_state
+from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
+from rlft.validation import check_sharding
 from rlft.visualize import sample_grid
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class SEIKO(L.LightningModule):
         log_images_every_n_epochs: int = 3,
         health: NonFiniteGuard | None = None,
         progress: bool = True,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "oracle", "evaluation", "ensemble", "aggregation", "optimizer", "health"], logger=False)
@@ -82,20 +86,32 @@ class SEIKO(L.LightningModule):
         self.base_eval = None
         self.round_metrics: dict[str, float] = {}
 
+    def setup(self, stage: str) -> None:
+        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch)  # devices=auto: known only now
+        reseed_at_fit_start()
+
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
 
     # -- the round: query the oracle, refit the ensemble --------------------------------
     def query_oracle(self, round_index: int) -> dict[str, float]:
+        """The round's `queries_per_round[round_index]` queries, a global budget: under DDP each
+        rank samples and queries its shard, and every rank keeps all the feedback."""
         n = self.queries_per_round[round_index]
         prompts = self.trainer.datamodule.train_prompts
-        order = torch.randint(len(prompts), (n,))
-        query_prompts = [prompts[i] for i in order]
+        which = stream_generator(self.hparams.seed, "query_prompts", round_index)
+        query_prompts = [prompts[i] for i in torch.randint(len(prompts), (n,), generator=which)]
+        rank, world = rank_and_world(self.trainer)
+        mine = shard(n, rank, world)
         show = self.hparams.progress and self.trainer.is_global_zero
+        noise = sample_generators(self.hparams.seed, "query", round_index, mine, self.device)
         images = self.policy.sample_batched(
-            query_prompts, self.hparams.sample_batch_size, progress=show, desc=f"round {round_index}: {n} queries"
+            query_prompts[mine.start : mine.stop], self.hparams.sample_batch_size, noise, progress=show,
+            desc=f"round {round_index}: {n} queries",
         ).images
-        rewards = torch.as_tensor(self.oracle(images, query_prompts)).float().cpu()
+        rewards = gather(torch.as_tensor(self.oracle(images, query_prompts[mine.start : mine.stop])).float(), world)
+        with torch.no_grad():
+            features = gather(self.ensemble.features(images), world)
         self.oracle_queries += n
         valid = torch.isfinite(rewards)
         bad = int((~valid).sum())
@@ -108,9 +124,7 @@ class SEIKO(L.LightningModule):
                 self.round_problems.append(message)
             if self.feedback_rewards is None and not valid.any():
                 raise NonFiniteError(f"{message}: the reward ensemble has no feedback to fit")
-        images, rewards = images[valid], rewards[valid]
-        with torch.no_grad():
-            features = self.ensemble.features(images).cpu()
+        features, rewards = features[valid], rewards[valid]
         if self.feedback_features is None:
             self.feedback_features, self.feedback_rewards = features, rewards
         else:
@@ -141,7 +155,14 @@ class SEIKO(L.LightningModule):
         )
         self.ensemble.trainer = self.trainer  # hand the submodule back to the outer fit
         self.ensemble.heads.requires_grad_(False)  # the policy's loss must not move the heads
-        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ensemble/")}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ensemble/")}
+        if self.trainer.world_size > 1:
+            # Every rank fitted on the same feedback from the same random state; rank 0's fit
+            # is made everyone's, so that the ranks cannot drift apart whatever happens.
+            heads = {k: v.cpu() for k, v in self.ensemble.state_dict().items() if not k.startswith("backbone.")}
+            self.ensemble.load_state_dict(self.trainer.strategy.broadcast(heads), strict=False)
+            metrics = self.trainer.strategy.broadcast(metrics)
+        return metrics
 
     def on_train_epoch_start(self) -> None:
         if self.current_epoch % self.epochs_per_round:
@@ -165,17 +186,27 @@ class SEIKO(L.LightningModule):
 
     # -- fine-tuning through the sampling chain ----------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int):
+        """`prompts`: the epoch's global batch; under DDP each step's batch is split over the
+        ranks and Lightning's DDP wrapper averages the gradients, so a step on N devices is
+        the step one device takes with N times the batch."""
         t0 = time.perf_counter()
         optimizer = self.optimizers()
         stats = {"reward_model": [], "kl": [], "loss": [], "grad_norm": [], "disagreement": []}
         size = self.hparams.train_batch_size
         show = self.hparams.progress and self.trainer.is_global_zero
+        rank, world = rank_and_world(self.trainer)
         steps = skipped = 0
-        for start in tqdm(range(0, len(prompts), size), desc="fine-tuning", leave=False, disable=None if show else True):
+        # A step's global batch is `world` x train_batch_size prompts, each rank its part.
+        for start in tqdm(range(0, len(prompts), size * world), desc="fine-tuning", leave=False,
+                          disable=None if show else True):
             stop_if_requested(self.trainer)
+            step_prompts = range(start, min(start + size * world, len(prompts)))
+            part = shard(len(step_prompts), rank, world)
+            batch = step_prompts[part.start : part.stop]
             images, kl = self.policy.sample_with_grad(
-                prompts[start : start + size], self.hparams.truncation_steps, self.reference_unet,
+                prompts[batch.start : batch.stop], self.hparams.truncation_steps, self.reference_unet,
                 checkpoint=self.hparams.gradient_checkpointing,
+                generator=sample_generators(self.hparams.seed, "finetune", self.current_epoch, batch, self.device),
             )
             # Aggregated in units of the feedback's std: kl_weight and the aggregation's
             # temperature mean the same whatever the reward's scale (JPEG kB or aesthetic score).
@@ -191,7 +222,8 @@ class SEIKO(L.LightningModule):
             for k, v in (("reward_model", reward_model.mean()), ("kl", kl.mean()), ("loss", loss),
                          ("grad_norm", grad_norm), ("disagreement", head_rewards.std(-1, unbiased=False).mean())):
                 stats[k].append(v.detach())
-        self.health.count("nonfinite_losses", int((~torch.isfinite(torch.stack(stats["loss"]))).sum()))
+        nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
+        self.health.count("nonfinite_losses", int(gather(torch.tensor([nonfinite]), world).sum()))
         problems = list(self.round_problems)
         if self.health.too_many(skipped, steps):
             problems.append(f"{skipped}/{steps} optimizer steps had a non-finite gradient")
@@ -199,14 +231,14 @@ class SEIKO(L.LightningModule):
         t1 = time.perf_counter()
         eval_reward = self.evaluate()
         stop_if_requested(self.trainer)
+        per_rank = {f"train/{k}": finite_mean(v) for k, v in stats.items() if k != "disagreement"}
+        per_rank |= {"ensemble/disagreement": finite_mean(stats["disagreement"]),
+                     "time/train_s": t1 - t0, "time/eval_s": time.perf_counter() - t1}
         metrics = {
-            **{f"train/{k}": float(finite_mean(v)) for k, v in stats.items() if k != "disagreement"},
-            "ensemble/disagreement": float(finite_mean(stats["disagreement"])),
+            **{k: float(v) for k, v in mean_over_ranks(per_rank, world).items()},
             "oracle/queries": float(self.oracle_queries),
             "eval/oracle_reward": eval_reward,
             **self.health.metrics(),
-            "time/train_s": t1 - t0,
-            "time/eval_s": time.perf_counter() - t1,
             **self.round_metrics,
         }
         self.round_metrics = {}
@@ -222,7 +254,7 @@ class SEIKO(L.LightningModule):
     def evaluate(self) -> float:
         show = self.hparams.progress and self.trainer.is_global_zero
         mean, self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards = self.evaluation(
-            self.policy, self.trainer.datamodule.eval_prompts, progress=show
+            self.policy, self.trainer.datamodule.eval_prompts, progress=show, trainer=self.trainer
         )
         return mean
 
@@ -237,6 +269,8 @@ class SEIKO(L.LightningModule):
         last_epoch = self.current_epoch == self.trainer.max_epochs - 1
         if not every or (self.current_epoch % every and not last_epoch) or self.logger is None:
             return
+        if not self.trainer.is_global_zero:
+            return  # rank 0 shows its shard of the evaluation
         figure = sample_grid(self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards)
         self.logger.experiment.add_figure("samples", figure, self.current_epoch + 1)
 

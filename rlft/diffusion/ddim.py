@@ -74,14 +74,15 @@ def ddim_step_with_logprob(
     sample: torch.Tensor,
     eta: float,
     prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     reduction: str = "mean",
 ) -> DDIMStep:
     """One DDIM step x_t -> x_t' (t' = t - T/num_steps) with its log-probability.
 
     `timestep` is one int for the whole batch (sampling) or a (B,) tensor (training, where
     each trajectory's timesteps are shuffled independently). When `prev_sample` is given
-    (training) it is the stored next latent and is treated as a constant.
+    (training) it is the stored next latent and is treated as a constant. `generator` may be
+    a list, one per sample (diffusers' `randn_tensor` draws each row from its own).
     """
     if eta <= 0:
         raise ValueError(

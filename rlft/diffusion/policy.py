@@ -9,11 +9,16 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig
 from torch import nn
 from tqdm.auto import tqdm
 
 from rlft.diffusion.ddim import check_stochastic, ddim_step_with_logprob, gaussian_kl_equal_std
+
+
+# None: the global RNG; one generator; or a list, one per sample of the batch.
+Generator = torch.Generator | list[torch.Generator] | None
 
 
 @dataclass
@@ -120,13 +125,15 @@ class DiffusionPolicy(nn.Module):
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.guidance_scale * (out_cond - out_uncond)
 
-    def initial_latents(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def initial_latents(self, batch: int, generator: Generator = None) -> torch.Tensor:
         cfg = self.unet.config
         shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        return torch.randn(shape, generator=generator, device=self.uncond_embed.device)
+        return randn_tensor(shape, generator=generator, device=self.uncond_embed.device, dtype=torch.float32)
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], generator: torch.Generator | None = None, progress: bool = False) -> Trajectories:
+    def sample(self, prompts: list[str], generator: Generator = None, progress: bool = False) -> Trajectories:
+        """`generator`: None (the global RNG), one generator, or one per prompt
+        (`rlft.diffusion.noise.sample_generators`: each sample's noise its own)."""
         embeds = self.encode_prompts(prompts)
         x = self.initial_latents(len(prompts), generator)
         latents, next_latents, log_probs = [], [], []
@@ -156,6 +163,7 @@ class DiffusionPolicy(nn.Module):
         grad_steps: int,
         reference_unet: nn.Module | None = None,
         checkpoint: bool = True,
+        generator: Generator = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample with the gradient kept through the last `grad_steps` denoising steps
         (truncated backpropagation; earlier steps run without a graph). Returns images
@@ -165,7 +173,7 @@ class DiffusionPolicy(nn.Module):
         evaluated without gradient), reduced like the log-probability.
         """
         embeds = self.encode_prompts(prompts)
-        x = self.initial_latents(len(prompts))
+        x = self.initial_latents(len(prompts), generator)
         kl = torch.zeros(len(prompts), device=x.device)
         timesteps = self.scheduler.timesteps.to(x.device)
         first_grad_step = len(timesteps) - grad_steps
@@ -176,7 +184,9 @@ class DiffusionPolicy(nn.Module):
                     noise_pred = torch.utils.checkpoint.checkpoint(self.predict_noise, x, t, embeds, use_reentrant=False)
                 else:
                     noise_pred = self.predict_noise(x, t, embeds)
-                step = ddim_step_with_logprob(self.scheduler, noise_pred, t, x, eta=self.eta, reduction=self.reduction)
+                step = ddim_step_with_logprob(
+                    self.scheduler, noise_pred, t, x, eta=self.eta, generator=generator, reduction=self.reduction
+                )
                 if i >= first_grad_step and reference_unet is not None:
                     with torch.no_grad():
                         ref_pred = self.predict_noise(x.detach(), t, embeds, unet=reference_unet)
@@ -189,13 +199,15 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_batched(
-        self, prompts: list[str], batch_size: int, generator: torch.Generator | None = None,
+        self, prompts: list[str], batch_size: int, generator: Generator = None,
         progress: bool = False, desc: str = "sampling",
     ) -> Trajectories:
-        """`sample` in chunks of `batch_size` (memory), with a progress bar on a terminal."""
+        """`sample` in chunks of `batch_size` (memory), with a progress bar on a terminal.
+        A list of generators (one per prompt) is split with the prompts."""
         chunks = range(0, len(prompts), batch_size)
+        part = lambda i: generator[i : i + batch_size] if isinstance(generator, list) else generator
         return Trajectories.cat([
-            self.sample(prompts[i : i + batch_size], generator=generator)
+            self.sample(prompts[i : i + batch_size], generator=part(i))
             for i in tqdm(chunks, desc=desc, leave=False, disable=None if progress else True)
         ])
 

@@ -1,0 +1,61 @@
+"""Data parallelism over Lightning's processes (`trainer.strategy=ddp trainer.devices=N`).
+
+Every rank holds the epoch's whole prompt list (the same on all: drawn from seed + epoch),
+works on its contiguous shard of it, and gathers what it scored back in global order. With
+per-sample noise (`rlft.diffusion.noise`) a sample is the same on whichever rank draws it,
+so N devices compute what one device computes with the same global batch. Gradients are
+averaged by Lightning's DDP wrapper on `manual_backward`.
+"""
+
+from contextlib import nullcontext
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import ParallelStrategy
+
+
+def rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
+
+
+def shard(n: int, rank: int, world: int) -> range:
+    """Rank `rank`'s contiguous part of `range(n)`; sizes differ by at most one."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return range(start, start + size + (rank < extra))
+
+
+def gather(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """Concatenate every rank's `tensor` (first dimensions may differ) in rank order, on the
+    CPU. With contiguous shards that is the global order."""
+    if world == 1:
+        return tensor.detach().cpu()
+    parts = [None] * world
+    dist.all_gather_object(parts, tensor.detach().cpu())
+    return torch.cat(parts)
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], world: int, max_keys: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Per-rank scalars -> their mean over ranks (the max for `max_keys`): one collective."""
+    if world == 1 or not values:
+        return values
+    keys = sorted(values)
+    table = gather(torch.stack([torch.as_tensor(values[k], dtype=torch.float32).cpu() for k in keys])[None], world)
+    return {k: table[:, i].max() if k in max_keys else table[:, i].mean() for i, k in enumerate(keys)}
+
+
+def grad_sync(trainer: L.Trainer, sync: bool):
+    """Around a backward pass: `sync=False` keeps the gradient local (accumulated) instead of
+    all-reducing it, so an accumulation window costs one all-reduce, at its last pass."""
+    strategy = trainer.strategy
+    if sync or not isinstance(strategy, ParallelStrategy):
+        return nullcontext()
+    return strategy.block_backward_sync()
+
+
+def any_rank(trainer: L.Trainer, decision: bool) -> bool:
+    """True on every rank when it is true on one (a stop signal that reached one rank)."""
+    return trainer.strategy.reduce_boolean_decision(decision, all=False) if trainer.world_size > 1 else decision
