@@ -124,6 +124,12 @@ def validate(cfg: DictConfig) -> None:
         _check(0 < m.ensemble_val_fraction < 1, "algorithm.module.ensemble_val_fraction", m.ensemble_val_fraction,
                "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")
 
+    strategy = str(t.get("strategy", "auto"))
+    # FSDP/DeepSpeed shard the weights: the algorithms' own gradient clipping (a local norm)
+    # and their many backward passes inside one training_step would be wrong there.
+    _check(not any(name in strategy for name in ("fsdp", "deepspeed")), "trainer.strategy", strategy,
+           "sharded strategies are not supported by the algorithms yet; use ddp (README \"Scaling\": full "
+           "fine-tuning of SD 1.x/2.x fits one 40-80 GB GPU per process)")
     check_launcher(world_size(t), t.get("devices"))
     # Last: for SEIKO it follows from the budget, whose own message says more.
     _check(cfg.trainer.max_epochs >= 1, "trainer.max_epochs", cfg.trainer.max_epochs, "must be >= 1")

@@ -1,3 +1,4 @@
+import shlex
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 
 from rlft.config import CONFIG_DIR
 from rlft.train import build
-from rlft.validation import ConfigError, validate
+from rlft.validation import ConfigError, validate, world_size
 
 GROUPS = {  # every option of every group of the main app
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
@@ -144,3 +145,28 @@ def test_every_experiment_composes_and_validates_for_each_swept_value(experiment
 def test_launchers_compose(launcher, target):
     cfg = compose_cfg([f"hydra/launcher={launcher}"])
     assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_slurm_allocation_follows_the_trainer():
+    """One SLURM task per device on each node: what Lightning's SLURM environment expects."""
+    cfg = compose_cfg(["hydra/launcher=slurm", "trainer.devices=8", "trainer.num_nodes=2", "trainer.strategy=ddp"])
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+
+
+def readme_scaling_commands() -> list[list[str]]:
+    block = (Path(__file__).parents[1] / "README.md").read_text().split("<!-- scaling-commands -->")[1]
+    block = block.split("<!-- /scaling-commands -->")[0].replace("\\\n", " ")
+    return [shlex.split(line)[3:] for line in block.splitlines() if line.startswith("python -m rlft")]
+
+
+def test_readme_scaling_commands_compose_and_keep_the_global_batch():
+    commands = readme_scaling_commands()
+    assert len(commands) == 3
+    for args in commands:
+        cfg = compose_cfg([a for a in args if a != "-m"])
+        validate(cfg)
+        processes = world_size(cfg.trainer)
+        a = cfg.algorithm
+        assert cfg.data.samples_per_epoch == 256, args
+        assert processes * a.train_batch_size * a.gradient_accumulation_steps == 64, args  # samples per optimizer step
