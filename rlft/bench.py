@@ -11,12 +11,17 @@ shared, noisy machine better than either time alone:
   for every trained timestep, vs bare UNet forward + backward into the LoRA weights;
 - SEIKO fine-tuning: `policy.sample_with_grad` through the truncated chain with its KL to a
   reference UNet, vs bare forwards with the same graph (no checkpointing, no reference);
-- peak memory (RSS; CUDA max_memory_allocated on a GPU).
+- peak memory (RSS; CUDA max_memory_allocated on a GPU);
+- speed for memory: PPO's micro-batch size and UNet gradient checkpointing, SEIKO's
+  checkpointing of the chain, each setting timed with its peak memory in a fresh process;
+- trials of channels-last and torch.compile for sampling (`bench.trials=true`).
 Prints a table and writes bench.json in the run directory.
 """
 
 import copy
 import json
+import multiprocessing
+import re
 import resource
 import statistics
 import time
@@ -27,24 +32,34 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.config import CONFIG_DIR, check_config_dir
+from rlft.diffusion.noise import sample_generators
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def timed(fn, repeats: int) -> float:
     """Median seconds of `repeats` calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_seconds(fn) for _ in range(repeats))
+
+
+def timed_pair(fn, bare, repeats: int) -> tuple[float, float]:
+    """Medians of `fn` and `bare`, called alternately: a shared machine's slow spells fall on
+    both, not on whichever ran second."""
+    fn(), bare()
+    pairs = [(_seconds(fn), _seconds(bare)) for _ in range(repeats)]
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
 
 
 def bare_unet(policy, latents, timestep, embeds):
@@ -58,11 +73,39 @@ def bare_unet(policy, latents, timestep, embeds):
     return unet(torch.cat([latents, latents]), timestep, torch.cat([policy.uncond_embed.expand_as(embeds), embeds])).sample
 
 
-def bench(cfg: DictConfig) -> dict:
-    L.seed_everything(cfg.seed)
+def load_policy(cfg: DictConfig):
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     policy = instantiate(cfg.policy, **instantiate(cfg.model.load)).to(device)
     prompts = [cfg.model.prompts.train[i % len(cfg.model.prompts.train)] for i in range(cfg.bench.samples)]
+    return policy, prompts, device
+
+
+def sample(policy, prompts, seed: int = 0):
+    """What PPO's rollout does: every sample its own noise generator."""
+    return policy.sample(prompts, generator=sample_generators(seed, "rollout", 0, range(len(prompts)), policy.uncond_embed.device))
+
+
+def ppo_epoch(policy, traj, micro_batch: int, clip_range: float, optimizer, advantages):
+    """Every trained timestep of one inner epoch, one optimizer step per micro-batch."""
+    num_steps = traj.log_probs.shape[1]
+    for start in range(0, len(traj), micro_batch):
+        s = slice(start, start + micro_batch)
+        for j in range(num_steps):
+            log_prob = policy.log_prob(traj.latents[s, j], traj.next_latents[s, j], traj.timesteps[s, j], traj.prompt_embeds[s])
+            loss, _ = ppo_clip_loss(log_prob, traj.log_probs[s, j], advantages[s], clip_range)
+            (loss / num_steps).backward()
+        clipped_step(optimizer, policy.trainable_parameters(), 1.0)
+
+
+def seiko_step(policy, batch, truncation_steps: int, reference, checkpoint: bool, optimizer):
+    images, kl = policy.sample_with_grad(batch, truncation_steps, reference, checkpoint=checkpoint)
+    (images.mean() + kl.mean()).backward()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def bench(cfg: DictConfig) -> dict:
+    L.seed_everything(cfg.seed)
+    policy, prompts, device = load_policy(cfg)
     embeds = policy.encode_prompts(prompts)
     timesteps = policy.scheduler.timesteps.to(device)
     x = policy.initial_latents(len(prompts))
@@ -75,25 +118,15 @@ def bench(cfg: DictConfig) -> dict:
         with torch.inference_mode():
             for t in timesteps:
                 bare_unet(policy, x, t, embeds)
-    out["sample_s"] = timed(lambda: policy.sample(prompts), repeats)
-    out["sample_bare_s"] = timed(bare_sampling, repeats)
+    out["sample_s"], out["sample_bare_s"] = timed_pair(lambda: sample(policy, prompts), bare_sampling, repeats)
     out["sample_images_per_s"] = len(prompts) / out["sample_s"]
 
     # (b) PPO: every trained timestep of one inner epoch, micro-batches of train_batch_size
-    traj = policy.sample(prompts)
+    traj = sample(policy, prompts)
     a = cfg.algorithm
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-12)  # steps taken, weights ~unchanged
     advantages = torch.randn(len(prompts), device=device)
-    mb = getattr(a, "train_batch_size", 16)
-
-    def ppo_steps():
-        for start in range(0, len(prompts), mb):
-            s = slice(start, start + mb)
-            for j in range(len(timesteps)):
-                log_prob = policy.log_prob(traj.latents[s, j], traj.next_latents[s, j], traj.timesteps[s, j], traj.prompt_embeds[s])
-                loss, _ = ppo_clip_loss(log_prob, traj.log_probs[s, j], advantages[s], a.get("clip_range", 1e-4))
-                (loss / len(timesteps)).backward()
-            clipped_step(optimizer, policy.trainable_parameters(), 1.0)  # one step per micro-batch, as PPO's window
+    mb = a.train_batch_size
 
     def bare_ppo_steps():
         for start in range(0, len(prompts), mb):
@@ -103,8 +136,9 @@ def bench(cfg: DictConfig) -> dict:
                 optimizer.zero_grad(set_to_none=True)
 
     trained = len(prompts) * len(timesteps)
-    out["ppo_train_s"] = timed(ppo_steps, repeats)
-    out["ppo_train_bare_s"] = timed(bare_ppo_steps, repeats)
+    out["ppo_train_s"], out["ppo_train_bare_s"] = timed_pair(
+        lambda: ppo_epoch(policy, traj, mb, a.get("clip_range", 1e-4), optimizer, advantages), bare_ppo_steps, repeats
+    )
     out["ppo_timesteps_per_s"] = trained / out["ppo_train_s"]
 
     # (c) SEIKO: gradient through the last k steps of the chain, KL to a frozen reference
@@ -113,11 +147,6 @@ def bench(cfg: DictConfig) -> dict:
     batch = prompts[:mb]
     batch_embeds = embeds[:mb]
     x_small = policy.initial_latents(len(batch))
-
-    def seiko_step():
-        images, kl = policy.sample_with_grad(batch, k, reference, checkpoint=True)
-        (images.mean() + kl.mean()).backward()
-        optimizer.zero_grad(set_to_none=True)
 
     def bare_seiko_step():
         y = x_small
@@ -128,14 +157,86 @@ def bench(cfg: DictConfig) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     out["truncation_steps"] = k
-    out["seiko_step_s"] = timed(seiko_step, repeats)
-    out["seiko_step_bare_s"] = timed(bare_seiko_step, repeats)
+    out["seiko_step_s"], out["seiko_step_bare_s"] = timed_pair(
+        lambda: seiko_step(policy, batch, k, reference, True, optimizer), bare_seiko_step, repeats
+    )
 
     for name in ("sample", "ppo_train", "seiko_step"):
         out[f"{name}_ratio"] = out[f"{name}_s"] / out[f"{name}_bare_s"]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if cfg.bench.trials:
+        out["trials"] = trials(policy, prompts, repeats)
+    return out
+
+
+# -- speed for memory: each setting in a fresh process, so that its peak is its own ------
+def memory_settings(cfg: DictConfig) -> list[dict]:
+    mb = cfg.algorithm.train_batch_size
+    micro = sorted({m for m in (cfg.bench.samples, mb, max(1, mb // 2), max(1, mb // 4)) if cfg.bench.samples % m == 0}, reverse=True)
+    return ([{"workload": "ppo", "micro_batch": m, "unet_checkpointing": False} for m in micro]
+            + [{"workload": "ppo", "micro_batch": mb, "unet_checkpointing": True}]
+            + [{"workload": "seiko", "micro_batch": mb, "chain_checkpointing": c} for c in (True, False)])
+
+
+def _rss_mb(field: str) -> float:
+    return float(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def measure_setting(cfg_container: dict, setting: dict) -> dict:
+    """Runs in a child process: load, prepare, then time the workload with its peak memory
+    above what was resident before it (RSS high-water mark reset through
+    /proc/self/clear_refs on Linux; CUDA's peak counter on a GPU)."""
+    cfg = OmegaConf.create(cfg_container)
+    L.seed_everything(cfg.seed, verbose=False)
+    policy, prompts, device = load_policy(cfg)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-12)
+    if setting.get("unet_checkpointing"):
+        policy.unet.enable_gradient_checkpointing()
+    if setting["workload"] == "ppo":
+        traj, advantages = sample(policy, prompts), torch.randn(len(prompts), device=device)
+        run = lambda: ppo_epoch(policy, traj, setting["micro_batch"], 1e-4, optimizer, advantages)
+        work = len(prompts) * traj.log_probs.shape[1]  # trained timesteps
+    else:
+        reference = copy.deepcopy(policy.unet).requires_grad_(False)
+        batch = prompts[: setting["micro_batch"]]
+        k = int(cfg.algorithm.get("truncation_steps", 3))
+        run = lambda: seiko_step(policy, batch, k, reference, setting["chain_checkpointing"], optimizer)
+        work = 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_mb("VmRSS")
+    seconds = timed(run, cfg.bench.repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
+    return {**setting, "seconds": seconds, "per_unit_ms": 1000 * seconds / work, "peak_above_mb": peak - before}
+
+
+def memory_trade(cfg: DictConfig) -> list[dict]:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return [pool.apply(measure_setting, (container, setting)) for setting in memory_settings(cfg)]
+
+
+# -- library speed-ups, tried and measured: kept in rlft only where they win ---------------
+def trials(policy, prompts, repeats: int) -> dict:
+    """Sampling time relative to the eager UNet as loaded: channels-last memory format, and
+    torch.compile (its compilation excluded: the warm-up call)."""
+    eager = timed(lambda: sample(policy, prompts), repeats)
+    out = {}
+    policy.unet.to(memory_format=torch.channels_last)
+    out["channels_last_speedup"] = eager / timed(lambda: sample(policy, prompts), repeats)
+    policy.unet.to(memory_format=torch.contiguous_format)
+    unet = policy.unet
+    policy.unet = torch.compile(unet)
+    try:
+        out["compile_speedup"] = eager / timed(lambda: sample(policy, prompts), repeats)
+    finally:
+        policy.unet = unet
     return out
 
 
@@ -149,6 +250,15 @@ def table(r: dict) -> str:
     for name, throughput, actual, bare, ratio in rows:
         lines.append(f"{name:14} {throughput:>20} {actual:9.3f} {bare:12.3f} {ratio:7.2f} {1 - 1 / ratio:12.0%}")
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else ""))
+    if r.get("memory_trade"):
+        lines += ["", "speed for memory (each in a fresh process):",
+                  f"{'workload':9} {'micro-batch':>11} {'checkpointing':>14} {'ms per unit':>12} {'peak above start MB':>20}"]
+        for m in r["memory_trade"]:
+            ckpt = "UNet" if m.get("unet_checkpointing") else "chain" if m.get("chain_checkpointing") else "none"
+            unit = "timestep" if m["workload"] == "ppo" else "step"
+            lines.append(f"{m['workload']:9} {m['micro_batch']:>11} {ckpt:>14} {m['per_unit_ms']:8.1f}/{unit:<8} {m['peak_above_mb']:14.0f}")
+    if r.get("trials"):
+        lines += ["", "sampling speed-up over the eager UNet: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["trials"].items())]
     return "\n".join(lines)
 
 
@@ -156,6 +266,8 @@ def table(r: dict) -> str:
 def main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     result = bench(cfg)
+    if cfg.bench.memory:
+        result["memory_trade"] = memory_trade(cfg)
     print(table(result))
     path = Path(HydraConfig.get().runtime.output_dir) / "bench.json"
     path.write_text(json.dumps(result, indent=2))

@@ -38,6 +38,10 @@ def gather(tensor: torch.Tensor, world: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def sum_over_ranks(count: int, world: int) -> int:
+    return int(gather(torch.tensor([count]), world).sum())
+
+
 def mean_over_ranks(values: dict[str, torch.Tensor], world: int, max_keys: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Per-rank scalars -> their mean over ranks (the max for `max_keys`): one collective."""
     if world == 1 or not values:

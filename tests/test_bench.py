@@ -13,3 +13,8 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     for name in ("sample", "ppo_train", "seiko_step"):
         assert result[f"{name}_ratio"] > 0 and result[f"{name}_bare_s"] > 0
     assert result["peak_rss_mb"] > 0 and "outside UNet" in out
+    trade = result["memory_trade"]  # each setting measured in its own process
+    assert {m["micro_batch"] for m in trade if m["workload"] == "ppo"} == {4, 2, 1}
+    assert any(m.get("unet_checkpointing") for m in trade) and {m.get("chain_checkpointing") for m in trade} >= {True, False}
+    assert all(m["seconds"] > 0 and m["peak_above_mb"] >= 0 for m in trade)
+    assert "speed for memory" in out

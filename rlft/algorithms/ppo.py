@@ -24,7 +24,7 @@ from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy, Trajectories
-from rlft.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard
+from rlft.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
 from rlft.preemption import stop_if_requested
 from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
 from rlft.validation import check_sharding
@@ -248,7 +248,7 @@ class PPO(L.LightningModule):
         out = mean_over_ranks(out, self.trainer.world_size, max_keys=("train/log_ratio_absmax",))
         # A non-finite loss gives a non-finite gradient, so its window's step was skipped.
         nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
-        self.health.count("nonfinite_losses", int(gather(torch.tensor([nonfinite]), self.trainer.world_size).sum()))
+        self.health.count("nonfinite_losses", sum_over_ranks(nonfinite, self.trainer.world_size))
         # The window the clip puts on the joint (true) ratio: per element under `mean`, so
         # ((1 - eps)^N, (1 + eps)^N) for N latent elements; the joint ratio itself under `sum`.
         power = traj.latents[0, 0].numel() if self.policy.reduction == "mean" else 1

@@ -26,7 +26,7 @@ from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.diffusion.noise import sample_generators, stream_generator
 from rlft.diffusion.policy import DiffusionPolicy
-from rlft.distributed import gather, mean_over_ranks, rank_and_world, shard
+from rlft.distributed import gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks
 from rlft.ensemble.bootstrap import bootstrap_counts
 from rlft.ensemble.reward_ensemble import RewardEnsemble
 from rlft.preemption import last_checkpoint, stop_if_requested
@@ -223,7 +223,7 @@ class SEIKO(L.LightningModule):
                          ("grad_norm", grad_norm), ("disagreement", head_rewards.std(-1, unbiased=False).mean())):
                 stats[k].append(v.detach())
         nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
-        self.health.count("nonfinite_losses", int(gather(torch.tensor([nonfinite]), world).sum()))
+        self.health.count("nonfinite_losses", sum_over_ranks(nonfinite, world))
         problems = list(self.round_problems)
         if self.health.too_many(skipped, steps):
             problems.append(f"{skipped}/{steps} optimizer steps had a non-finite gradient")
