@@ -2,8 +2,8 @@
 
 RL fine-tuning of a diffusion model is bound by UNet compute. Each figure below is the
 algorithm's own code against a bare loop of the same UNet calls on the same batch shapes,
-timed in the same process one after the other, so the ratio (1.00 = no overhead) survives a
-shared, noisy machine better than either time alone:
+the two called alternately in the same process, so the ratio (1.00 = no overhead) survives
+a shared, noisy machine better than either time alone:
 
 - sampling: `DiffusionPolicy.sample` (CFG, DDIM step, log-prob, decoding) vs `num_steps`
   bare UNet forwards on the CFG-doubled batch, in inference mode;

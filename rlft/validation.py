@@ -20,10 +20,13 @@ def _check(ok: bool, setting: str, value, valid: str) -> None:
 def world_size(trainer_cfg) -> int | None:
     """Processes a trainer config asks for, when the config says (devices an int or a list)."""
     devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, str) and devices.isdigit():
+    if isinstance(devices, (list, ListConfig)):
+        devices = len(devices)
+    elif isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    per_node = len(devices) if isinstance(devices, (list, ListConfig)) else devices if isinstance(devices, int) and devices > 0 else None
-    return per_node * trainer_cfg.get("num_nodes", 1) if per_node else None
+    if not isinstance(devices, int) or devices < 1:
+        return None  # "auto", -1: Lightning decides; the modules check again at setup
+    return devices * trainer_cfg.get("num_nodes", 1)
 
 
 def check_sharding(world: int, samples_per_epoch: int, train_batch_size: int | None = None,

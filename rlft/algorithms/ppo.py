@@ -90,7 +90,9 @@ class PPO(L.LightningModule):
         self.epoch_steps = self.epoch_skipped_steps = 0
 
     def setup(self, stage: str) -> None:
-        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch, self.train_batch_size, self.gradient_accumulation_steps)  # devices=auto: known only now
+        # With trainer.devices=auto the number of processes is known only now.
+        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch,
+                       self.train_batch_size, self.gradient_accumulation_steps)
         reseed_at_fit_start()
 
     def configure_optimizers(self):

@@ -103,13 +103,13 @@ class SEIKO(L.LightningModule):
         query_prompts = [prompts[i] for i in torch.randint(len(prompts), (n,), generator=which)]
         rank, world = rank_and_world(self.trainer)
         mine = shard(n, rank, world)
+        my_prompts = query_prompts[mine.start : mine.stop]
         show = self.hparams.progress and self.trainer.is_global_zero
         noise = sample_generators(self.hparams.seed, "query", round_index, mine, self.device)
         images = self.policy.sample_batched(
-            query_prompts[mine.start : mine.stop], self.hparams.sample_batch_size, noise, progress=show,
-            desc=f"round {round_index}: {n} queries",
+            my_prompts, self.hparams.sample_batch_size, noise, progress=show, desc=f"round {round_index}: {n} queries"
         ).images
-        rewards = gather(torch.as_tensor(self.oracle(images, query_prompts[mine.start : mine.stop])).float(), world)
+        rewards = gather(torch.as_tensor(self.oracle(images, my_prompts)).float(), world)
         with torch.no_grad():
             features = gather(self.ensemble.features(images), world)
         self.oracle_queries += n
