@@ -4,7 +4,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from rlft.diffusion.ddim import check_stochastic, ddim_step_with_logprob, reduce_over_sample
+from rlft.diffusion.ddim import check_stochastic, ddim_step_with_logprob
+from rlft.diffusion.gaussian import reduce_over_sample
 
 
 def make_scheduler(prediction_type="epsilon", clip_sample=False, num_steps=10):
@@ -119,7 +120,7 @@ def test_sampled_step_is_reparameterised():
 
 
 def test_kl_of_equal_std_gaussians_matches_torch():
-    from rlft.diffusion.ddim import gaussian_kl_equal_std
+    from rlft.diffusion.gaussian import gaussian_kl_equal_std
 
     mean, ref, std = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.full((3, 1, 1, 1), 0.3)
     expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std), torch.distributions.Normal(ref, std))

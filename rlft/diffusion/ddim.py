@@ -5,34 +5,10 @@ and adds the Gaussian log-density of the sampled `prev_sample`. All math is floa
 whatever the UNet's dtype: a log-ratio of two half-precision log-probs is mostly noise.
 """
 
-import math
-from dataclasses import dataclass
-
 import torch
 from diffusers import DDIMScheduler
-from diffusers.utils.torch_utils import randn_tensor
 
-REDUCTIONS = ("mean", "sum")
-_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
-
-
-@dataclass
-class DDIMStep:
-    prev_sample: torch.Tensor  # (B, C, H, W)
-    log_prob: torch.Tensor  # (B,) reduced over C, H, W
-    mean: torch.Tensor  # (B, C, H, W)
-    std: torch.Tensor  # (B, 1, 1, 1)
-
-
-def reduce_over_sample(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    """(B, ...) -> (B,). `mean` is what both public DDPO codes use; `sum` is the true
-    log-density of the joint Gaussian (N times the mean, N elements per sample)."""
-    dims = tuple(range(1, values.ndim))
-    if reduction == "mean":
-        return values.mean(dim=dims)
-    if reduction == "sum":
-        return values.sum(dim=dims)
-    raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
+from rlft.diffusion.gaussian import GaussianStep, gaussian_step, per_sample
 
 
 def step_alphas(scheduler: DDIMScheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,32 +39,11 @@ def check_stochastic(scheduler: DDIMScheduler) -> None:
         )
 
 
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, *([1] * (like.ndim - 1)))
-
-
-def ddim_step_with_logprob(
-    scheduler: DDIMScheduler,
-    model_output: torch.Tensor,
-    timestep: int | torch.Tensor,
-    sample: torch.Tensor,
-    eta: float,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    reduction: str = "mean",
-) -> DDIMStep:
-    """One DDIM step x_t -> x_t' (t' = t - T/num_steps) with its log-probability.
-
-    `timestep` is one int for the whole batch (sampling) or a (B,) tensor (training, where
-    each trajectory's timesteps are shuffled independently). When `prev_sample` is given
-    (training) it is the stored next latent and is treated as a constant. `generator` may be
-    a list, one per sample (diffusers' `randn_tensor` draws each row from its own).
-    """
-    if eta <= 0:
-        raise ValueError(
-            f"eta={eta}: the DDIM step is deterministic (std = 0) and has no log-probability; "
-            "RL fine-tuning needs eta > 0 (the public DDPO default is 1.0)"
-        )
+def ddim_mean_and_std(
+    scheduler: DDIMScheduler, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DDIM step's Gaussian x_t -> x_t' (t' = t - T/num_steps): mean (B, C, H, W) and std
+    (B, 1, 1, 1), float32. eta = 0 is the deterministic DDIM step (std 0): an ODE step."""
     if scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_steps) before stepping")
     if scheduler.config.thresholding:
@@ -97,7 +52,7 @@ def ddim_step_with_logprob(
     model_output = model_output.float()
     sample = sample.float()
     t = torch.as_tensor(timestep, device=sample.device, dtype=torch.long).expand(sample.shape[0])
-    alpha_t, alpha_prev = (_per_sample(a, sample) for a in step_alphas(scheduler, t))
+    alpha_t, alpha_prev = (per_sample(a, sample) for a in step_alphas(scheduler, t))
 
     prediction = scheduler.config.prediction_type
     if prediction == "epsilon":
@@ -118,21 +73,30 @@ def ddim_step_with_logprob(
     variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
     std = eta * variance.sqrt()
     mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).sqrt() * eps
-
-    if prev_sample is None:
-        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-        # Reparameterised: carries the mean's gradient when sampling with grad (SEIKO).
-        prev_sample = mean + std * noise
-    else:
-        prev_sample = prev_sample.float()
-
-    # The density is of a fixed point: no gradient through x_t' (DESIGN.md).
-    target = prev_sample.detach()
-    log_density = -((target - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    return DDIMStep(prev_sample, reduce_over_sample(log_density, reduction), mean, std)
+    return mean, std
 
 
-def gaussian_kl_equal_std(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, reduction: str) -> torch.Tensor:
-    """KL between two DDIM Gaussians of equal std: (mean - ref_mean)^2 / (2 std^2), reduced
-    over the non-batch dimensions like the log-probability. (B, ...) -> (B,)."""
-    return reduce_over_sample((mean - ref_mean) ** 2 / (2 * std**2), reduction)
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timestep: int | torch.Tensor,
+    sample: torch.Tensor,
+    eta: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    reduction: str = "mean",
+) -> GaussianStep:
+    """One DDIM step x_t -> x_t' (t' = t - T/num_steps) with its log-probability.
+
+    `timestep` is one int for the whole batch (sampling) or a (B,) tensor (training, where
+    each trajectory's timesteps are shuffled independently). When `prev_sample` is given
+    (training) it is the stored next latent and is treated as a constant. `generator` may be
+    a list, one per sample (diffusers' `randn_tensor` draws each row from its own).
+    """
+    if eta <= 0:
+        raise ValueError(
+            f"eta={eta}: the DDIM step is deterministic (std = 0) and has no log-probability; "
+            "RL fine-tuning needs eta > 0 (the public DDPO default is 1.0)"
+        )
+    mean, std = ddim_mean_and_std(scheduler, model_output, timestep, sample, eta)
+    return gaussian_step(mean, std, prev_sample, generator, reduction)

@@ -1,0 +1,83 @@
+"""The flow-matching step as a Gaussian with a log-probability (Flow-GRPO, Liu et al. 2025,
+arXiv 2505.05470, eq. 9), for rectified-flow models (SD3/3.5, FLUX, model=digits_flow).
+
+A rectified-flow model predicts a velocity v and samples with the Euler ODE
+x_next = x + v * dt, which has no log-probability. Flow-GRPO turns each step into an SDE step
+with the same marginals. With the scheduler's sigma (1 = noise, 0 = data), dt = sigma_next -
+sigma (< 0) and the noise level a:
+
+    s    = a * sqrt(sigma / (1 - sigma))     (at sigma = 1 the schedule's second sigma stands
+                                              in the denominator, as in the public code)
+    mean = x * (1 + s^2 / (2 sigma) * dt) + v * (1 + s^2 (1 - sigma) / (2 sigma)) * dt
+    std  = s * sqrt(-dt)
+
+As `a -> 0` the mean is the Euler step of diffusers' `FlowMatchEulerDiscreteScheduler.step`.
+Math in float32 whatever the model's dtype.
+"""
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from rlft.diffusion.gaussian import GaussianStep, gaussian_step, per_sample
+
+
+def step_sigmas(scheduler: FlowMatchEulerDiscreteScheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma and sigma_next (B,) of each row's step. `timesteps` are values of
+    `scheduler.timesteps` (1000 sigma, floats): each is matched to its nearest step, so a
+    stored timestep finds its step again whatever its dtype went through."""
+    schedule = scheduler.timesteps.to(timesteps.device, torch.float32)
+    index = (timesteps.float().reshape(-1, 1) - schedule).abs().argmin(dim=1)
+    sigmas = scheduler.sigmas.to(timesteps.device, torch.float32)
+    return sigmas[index], sigmas[index + 1]
+
+
+def flow_sde_mean_and_std(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    model_output: torch.Tensor,
+    timestep: float | torch.Tensor,
+    sample: torch.Tensor,
+    noise_level: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SDE step's Gaussian: mean (B, C, H, W) and std (B, 1, 1, 1), float32."""
+    if scheduler.timesteps is None or scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(num_steps) before stepping")
+    model_output, sample = model_output.float(), sample.float()
+    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+    sigma, sigma_next = (per_sample(s, sample) for s in step_sigmas(scheduler, t))
+    dt = sigma_next - sigma
+    # sigma = 1 would divide by zero: the public code puts the schedule's second sigma there.
+    sigma_max = scheduler.sigmas[1].to(sample.device, torch.float32)
+    s = noise_level * torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma)))
+    mean = sample * (1 + s**2 / (2 * sigma) * dt) + model_output * (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
+    return mean, s * torch.sqrt(-dt)
+
+
+def flow_sde_step_with_logprob(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    model_output: torch.Tensor,
+    timestep: float | torch.Tensor,
+    sample: torch.Tensor,
+    noise_level: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    reduction: str = "mean",
+) -> GaussianStep:
+    """One SDE step x_sigma -> x_sigma_next with its log-probability. `timestep`: one value of
+    `scheduler.timesteps` (sampling) or a (B,) tensor of them (training). `prev_sample`
+    (training): the stored next latent, a constant."""
+    if noise_level <= 0:
+        raise ValueError(
+            f"noise_level={noise_level}: the flow step is then the deterministic Euler (ODE) step, "
+            "with no log-probability; RL fine-tuning needs noise_level > 0 (Flow-GRPO's default is 0.7)"
+        )
+    mean, std = flow_sde_mean_and_std(scheduler, model_output, timestep, sample, noise_level)
+    return gaussian_step(mean, std, prev_sample, generator, reduction)
+
+
+def flow_ode_step(
+    scheduler: FlowMatchEulerDiscreteScheduler, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor
+) -> torch.Tensor:
+    """The Euler step x + v * dt: no noise, no log-probability (steps outside the SDE window)."""
+    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+    sigma, sigma_next = (per_sample(s, sample) for s in step_sigmas(scheduler, t))
+    return sample.float() + model_output.float() * (sigma_next - sigma)
