@@ -38,6 +38,7 @@ from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.config import CONFIG_DIR, check_config_dir
 from rlft.diffusion.noise import sample_generators
+from rlft.diffusion.policy import PromptEmbeds, run_denoiser
 
 
 def _seconds(fn) -> float:
@@ -62,15 +63,15 @@ def timed_pair(fn, bare, repeats: int) -> tuple[float, float]:
     return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
 
 
-def bare_unet(policy, latents, timestep, embeds):
-    """The UNet call `predict_noise` makes, nothing around it (CFG batch doubled)."""
-    unet = policy.unet
+def bare_denoiser(policy, latents, timestep, embeds):
+    """The denoiser call `predict` makes, nothing around it (CFG batch doubled)."""
+    denoiser = policy.denoiser
+    timestep = torch.as_tensor(timestep, device=latents.device).expand(len(latents))
     if policy.guidance_scale == 1.0:
-        return unet(latents, timestep, embeds).sample
-    timestep = torch.as_tensor(timestep, device=latents.device)
-    if timestep.ndim:
-        timestep = torch.cat([timestep, timestep])
-    return unet(torch.cat([latents, latents]), timestep, torch.cat([policy.uncond_embed.expand_as(embeds), embeds])).sample
+        return run_denoiser(denoiser, latents, timestep, embeds)
+    uncond = PromptEmbeds(policy.uncond_tokens, policy.uncond_pooled).expand(len(latents))
+    return run_denoiser(denoiser, torch.cat([latents, latents]), torch.cat([timestep, timestep]),
+                        PromptEmbeds.cat([uncond, embeds]))
 
 
 def load_policy(cfg: DictConfig):
@@ -82,7 +83,7 @@ def load_policy(cfg: DictConfig):
 
 def sample(policy, prompts, seed: int = 0):
     """What PPO's rollout does: every sample its own noise generator."""
-    return policy.sample(prompts, generator=sample_generators(seed, "rollout", 0, range(len(prompts)), policy.uncond_embed.device))
+    return policy.sample(prompts, generator=sample_generators(seed, "rollout", 0, range(len(prompts)), policy.device))
 
 
 def ppo_epoch(policy, traj, micro_batch: int, clip_range: float, optimizer, advantages):
@@ -107,7 +108,7 @@ def bench(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed)
     policy, prompts, device = load_policy(cfg)
     embeds = policy.encode_prompts(prompts)
-    timesteps = policy.scheduler.timesteps.to(device)
+    timesteps = policy.sampler.timesteps.to(device)
     x = policy.initial_latents(len(prompts))
     repeats = cfg.bench.repeats
     out = {"device": device, "samples": len(prompts), "num_steps": len(timesteps),
@@ -117,7 +118,7 @@ def bench(cfg: DictConfig) -> dict:
     def bare_sampling():
         with torch.inference_mode():
             for t in timesteps:
-                bare_unet(policy, x, t, embeds)
+                bare_denoiser(policy, x, t, embeds)
     out["sample_s"], out["sample_bare_s"] = timed_pair(lambda: sample(policy, prompts), bare_sampling, repeats)
     out["sample_images_per_s"] = len(prompts) / out["sample_s"]
 
@@ -132,7 +133,7 @@ def bench(cfg: DictConfig) -> dict:
         for start in range(0, len(prompts), mb):
             s = slice(start, start + mb)
             for j in range(len(timesteps)):
-                bare_unet(policy, traj.latents[s, j], traj.timesteps[s, j], traj.prompt_embeds[s]).float().mean().backward()
+                bare_denoiser(policy, traj.latents[s, j], traj.timesteps[s, j], traj.prompt_embeds[s]).float().mean().backward()
                 optimizer.zero_grad(set_to_none=True)
 
     trained = len(prompts) * len(timesteps)
@@ -143,7 +144,7 @@ def bench(cfg: DictConfig) -> dict:
 
     # (c) SEIKO: gradient through the last k steps of the chain, KL to a frozen reference
     k = int(a.get("truncation_steps", 3))
-    reference = copy.deepcopy(policy.unet).requires_grad_(False)
+    reference = copy.deepcopy(policy.denoiser).requires_grad_(False)
     batch = prompts[:mb]
     batch_embeds = embeds[:mb]
     x_small = policy.initial_latents(len(batch))
@@ -152,7 +153,7 @@ def bench(cfg: DictConfig) -> dict:
         y = x_small
         for i, t in enumerate(timesteps):
             with torch.set_grad_enabled(i >= len(timesteps) - k):
-                y = bare_unet(policy, y, t, batch_embeds)[: len(batch)]  # keep the chain's shape
+                y = bare_denoiser(policy, y, t, batch_embeds)[: len(batch)]  # keep the chain's shape
         y.float().mean().backward()
         optimizer.zero_grad(set_to_none=True)
 
@@ -193,13 +194,13 @@ def measure_setting(cfg_container: dict, setting: dict) -> dict:
     policy, prompts, device = load_policy(cfg)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-12)
     if setting.get("unet_checkpointing"):
-        policy.unet.enable_gradient_checkpointing()
+        policy.denoiser.enable_gradient_checkpointing()
     if setting["workload"] == "ppo":
         traj, advantages = sample(policy, prompts), torch.randn(len(prompts), device=device)
         run = lambda: ppo_epoch(policy, traj, setting["micro_batch"], 1e-4, optimizer, advantages)
         work = len(prompts) * traj.log_probs.shape[1]  # trained timesteps
     else:
-        reference = copy.deepcopy(policy.unet).requires_grad_(False)
+        reference = copy.deepcopy(policy.denoiser).requires_grad_(False)
         batch = prompts[: setting["micro_batch"]]
         k = int(cfg.algorithm.get("truncation_steps", 3))
         run = lambda: seiko_step(policy, batch, k, reference, setting["chain_checkpointing"], optimizer)
@@ -228,15 +229,15 @@ def trials(policy, prompts, repeats: int) -> dict:
     torch.compile (its compilation excluded: the warm-up call)."""
     eager = timed(lambda: sample(policy, prompts), repeats)
     out = {}
-    policy.unet.to(memory_format=torch.channels_last)
+    policy.denoiser.to(memory_format=torch.channels_last)
     out["channels_last_speedup"] = eager / timed(lambda: sample(policy, prompts), repeats)
-    policy.unet.to(memory_format=torch.contiguous_format)
-    unet = policy.unet
-    policy.unet = torch.compile(unet)
+    policy.denoiser.to(memory_format=torch.contiguous_format)
+    unet = policy.denoiser
+    policy.denoiser = torch.compile(unet)
     try:
         out["compile_speedup"] = eager / timed(lambda: sample(policy, prompts), repeats)
     finally:
-        policy.unet = unet
+        policy.denoiser = unet
     return out
 
 

@@ -7,6 +7,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
+from rlft.diffusion.samplers import FAMILIES, check_sde_window
+
 
 class ConfigError(ValueError):
     pass
@@ -64,13 +66,34 @@ def check_launcher(world: int | None, devices) -> None:
            f"(SLURM starts one task per device), or run the sweep's runs one by one")
 
 
+def check_sampler(cfg: DictConfig) -> None:
+    """The stochastic step's settings belong to the model's family (model.family)."""
+    p, family = cfg.policy, cfg.model.get("family", "ddim")
+    _check(family in FAMILIES, "model.family", family, f"must be one of {sorted(FAMILIES)}")
+    own, other = ("eta", "noise_level") if family == "ddim" else ("noise_level", "eta")
+    _check(p.get(other) is None, f"policy.{other}", p.get(other),
+           f"is a {'flow' if family == 'ddim' else 'DDIM'}-model setting, and model={cfg.model.name} is a {family} "
+           f"model: set policy.{own} instead (or leave policy.{other} null)")
+    if family == "ddim":
+        _check(p.eta is None or p.eta > 0, "policy.eta", p.eta,
+               "must be > 0: eta=0 makes DDIM deterministic, with no log-probability for RL")
+    else:
+        _check(p.noise_level is None or p.noise_level > 0, "policy.noise_level", p.noise_level,
+               "must be > 0 (Flow-GRPO's default is 0.7): at 0 the flow step is the deterministic ODE step, "
+               "with no log-probability for RL")
+    try:
+        check_sde_window(None if p.sde_window is None else list(p.sde_window), p.num_steps)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def validate(cfg: DictConfig) -> None:
     p = cfg.policy
     _check(p.num_steps >= 1, "policy.num_steps", p.num_steps, "must be an integer >= 1")
     _check(p.guidance_scale >= 1, "policy.guidance_scale", p.guidance_scale, "must be >= 1 (1 disables guidance)")
     _check(p.reduction in ("mean", "sum"), "policy.reduction", p.reduction, "must be mean or sum (reduction=mean|sum)")
     _check(p.lora_rank is None or p.lora_rank >= 1, "policy.lora_rank", p.lora_rank, "must be >= 1, or null for full fine-tuning")
-    _check(p.eta > 0, "policy.eta", p.eta, "must be > 0: eta=0 makes DDIM deterministic, with no log-probability for RL")
+    check_sampler(cfg)
     dtype = cfg.model.get("dtype", "float32")
     _check(p.lora_rank is not None or dtype == "float32", "model.dtype", dtype,
            "must be float32 for full fine-tuning (policy.lora_rank=null); for speed use trainer.precision=16-mixed")

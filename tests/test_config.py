@@ -104,6 +104,27 @@ def test_invalid_values_fail_before_any_work(override, setting):
 
 
 @pytest.mark.parametrize(
+    "overrides,setting",
+    [
+        (["policy.noise_level=0.5"], "policy.noise_level=0.5 is invalid: is a flow-model setting, and model=digits is a ddim model"),
+        (["model=digits_flow", "policy.eta=1.0"], "policy.eta=1.0 is invalid: is a DDIM-model setting"),
+        (["model=digits_flow", "policy.noise_level=0"], "policy.noise_level=0 is invalid: must be > 0"),
+        (["model=digits_flow", "policy.sde_window=[2,30]"], r"policy.sde_window=\[2, 30\] is invalid"),
+        (["policy.sde_window=[3,3]"], r"policy.sde_window=\[3, 3\] is invalid: must be \[start, stop\]"),
+        (["model=sd35_medium", "policy.eta=0.5"], "policy.eta=0.5 is invalid: is a DDIM-model setting, and model=sd35_medium"),
+    ],
+)
+def test_a_sampler_setting_of_the_wrong_family_or_range_fails_at_start(overrides, setting):
+    with pytest.raises(ConfigError, match=setting):
+        validate(compose_cfg(overrides))
+
+
+def test_sde_window_reaches_the_policy(tmp_path):
+    module, _, _ = build(compose_cfg(["model=digits_flow", "policy.sde_window=[0,4]"], output_dir=str(tmp_path)))
+    assert module.policy.family == "flow" and list(module.policy.sampler.window) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
     "overrides,match",
     [(["aggregation=softmax", "aggregation.temperature=0"], "temperature=0"), (["aggregation=ucb", "aggregation.kappa=-1"], "kappa=-1")],
 )

@@ -8,8 +8,11 @@ from tests.conftest import tiny_components
 PROMPTS = ["a handwritten 3", "the number seven", "a handwritten 0"]
 
 
-def make_policy(**kwargs) -> DiffusionPolicy:
-    return DiffusionPolicy(**tiny_components(), **{"num_steps": 5, "guidance_scale": 2.0, **kwargs})
+def make_policy(family: str = "ddim", **kwargs) -> DiffusionPolicy:
+    return DiffusionPolicy(**tiny_components(family), **{"num_steps": 5, "guidance_scale": 2.0, **kwargs})
+
+
+FAMILIES = ["ddim", "flow"]
 
 
 def perturb_lora(policy: DiffusionPolicy) -> None:
@@ -18,10 +21,11 @@ def perturb_lora(policy: DiffusionPolicy) -> None:
             p.add_(0.05 * torch.randn_like(p))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_recomputed_log_prob_equals_stored(reduction):
+def test_recomputed_log_prob_equals_stored(reduction, family):
     """Unchanged weights: ratio == 1 at the first PPO update (DESIGN.md)."""
-    policy = make_policy(reduction=reduction)
+    policy = make_policy(family, reduction=reduction)
     perturb_lora(policy)  # LoRA B starts at 0; make the adapter actually do something
     traj = policy.sample(PROMPTS, generator=torch.Generator().manual_seed(0))
     assert traj.latents.shape == (3, 5, 1, 8, 8) and traj.log_probs.shape == (3, 5)
@@ -31,8 +35,9 @@ def test_recomputed_log_prob_equals_stored(reduction):
     assert torch.equal(traj.latents[:, 1:], traj.next_latents[:, :-1])
 
 
-def test_log_prob_changes_when_weights_change_and_has_gradient():
-    policy = make_policy()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_log_prob_changes_when_weights_change_and_has_gradient(family):
+    policy = make_policy(family)
     traj = policy.sample(PROMPTS)
     perturb_lora(policy)
     lp = policy.log_prob(traj.latents[:, 2], traj.next_latents[:, 2], traj.timesteps[:, 2], traj.prompt_embeds)
@@ -44,9 +49,9 @@ def test_log_prob_changes_when_weights_change_and_has_gradient():
 
 def test_lora_starts_at_the_base_model_and_trains_only_adapters():
     components = tiny_components()
-    base_out = components["unet"](torch.ones(1, 1, 8, 8), 10, torch.ones(1, 4, 8)).sample
+    base_out = components["denoiser"](torch.ones(1, 1, 8, 8), 10, torch.ones(1, 4, 8)).sample
     policy = DiffusionPolicy(**components, num_steps=5, lora_rank=2)
-    torch.testing.assert_close(policy.unet(torch.ones(1, 1, 8, 8), 10, torch.ones(1, 4, 8)).sample, base_out)
+    torch.testing.assert_close(policy.denoiser(torch.ones(1, 1, 8, 8), 10, torch.ones(1, 4, 8)).sample, base_out)
     names = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert names and all("lora" in n for n in names)
     assert not any(p.requires_grad for p in policy.prompt_encoder.parameters())
@@ -54,7 +59,7 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters():
 
 def test_full_fine_tuning_trains_the_whole_unet():
     policy = make_policy(lora_rank=None)
-    assert len(policy.trainable_parameters()) == len(list(policy.unet.parameters()))
+    assert len(policy.trainable_parameters()) == len(list(policy.denoiser.parameters()))
 
 
 def test_images_are_in_unit_range():
@@ -79,26 +84,65 @@ def test_missing_model_directory_names_the_path(tmp_path):
         load_digits_model(str(tmp_path / "nope"))
 
 
-def test_sample_with_grad_reaches_only_through_the_last_steps():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sample_with_grad_reaches_only_through_the_last_steps(family):
     import copy
 
-    policy = make_policy(num_steps=4)
+    policy = make_policy(family, num_steps=4)
     perturb_lora(policy)
-    reference = copy.deepcopy(policy.unet).requires_grad_(False)
-    images, kl = policy.sample_with_grad(PROMPTS, grad_steps=2, reference_unet=reference)
+    reference = copy.deepcopy(policy.denoiser).requires_grad_(False)
+    images, kl = policy.sample_with_grad(PROMPTS, grad_steps=2, reference=reference)
     assert images.shape == (3, 1, 8, 8) and images.requires_grad
     torch.testing.assert_close(kl, torch.zeros(3))  # same weights as the reference: KL 0
     images.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
 
 
-def test_kl_grows_when_the_policy_moves_away_from_its_reference():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kl_grows_when_the_policy_moves_away_from_its_reference(family):
     import copy
 
-    policy = make_policy(num_steps=4)
-    reference = copy.deepcopy(policy.unet).requires_grad_(False)
+    policy = make_policy(family, num_steps=4)
+    reference = copy.deepcopy(policy.denoiser).requires_grad_(False)
     perturb_lora(policy)
-    _, kl = policy.sample_with_grad(PROMPTS, grad_steps=4, reference_unet=reference, checkpoint=False)
+    _, kl = policy.sample_with_grad(PROMPTS, grad_steps=4, reference=reference, checkpoint=False)
     assert (kl > 0).all()
     kl.sum().backward()
     assert all(p.grad is not None for p in policy.trainable_parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sde_window_stores_and_trains_only_its_steps(family):
+    """Steps outside the window are deterministic ODE steps: not stored, no log-probability.
+    The window's transitions still recompute to their stored log-probabilities."""
+    policy = make_policy(family, sde_window=[1, 3])
+    perturb_lora(policy)
+    traj = policy.sample(PROMPTS, generator=torch.Generator().manual_seed(0))
+    assert traj.latents.shape == (3, 2, 1, 8, 8) and traj.log_probs.shape == (3, 2)
+    assert torch.equal(traj.timesteps[0], policy.sampler.timesteps[1:3].to(traj.timesteps.dtype))
+    for j in range(2):
+        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
+        torch.testing.assert_close(recomputed, traj.log_probs[:, j], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [[0, 0], [3, 2], [0, 6], [-1, 2]])
+def test_sde_window_outside_the_schedule_is_a_clear_error(window):
+    with pytest.raises(ValueError, match=r"policy.sde_window=.*0 <= start < stop <= policy.num_steps=5"):
+        make_policy("flow", sde_window=window)
+
+
+def test_a_setting_of_the_other_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="policy.noise_level=0.5 is a flow-model setting"):
+        make_policy("ddim", noise_level=0.5)
+    with pytest.raises(ValueError, match="policy.eta=1.0 is a DDIM setting"):
+        make_policy("flow", eta=1.0)
+
+
+def test_flow_policy_loads_through_from_pretrained(tiny_flow_model_dir):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    components = load_digits_model(str(tiny_flow_model_dir))
+    assert isinstance(components["scheduler"], FlowMatchEulerDiscreteScheduler)
+    policy = DiffusionPolicy(**components, num_steps=4)
+    assert policy.family == "flow" and policy.sampler.noise_level == 0.7
+    assert policy.sample(["a handwritten 1"]).images.shape == (1, 1, 8, 8)

@@ -78,9 +78,9 @@ def test_logs_the_documented_metrics_finite(seiko_run):
 
 def test_reference_policy_is_the_previous_rounds(seiko_run):
     module, _, _ = seiko_run
-    lora = [n for n, _ in module.policy.unet.named_parameters() if "lora" in n][0]
-    current = dict(module.policy.unet.named_parameters())[lora]
-    reference = dict(module.reference_unet.named_parameters())[lora]
+    lora = [n for n, _ in module.policy.denoiser.named_parameters() if "lora" in n][0]
+    current = dict(module.policy.denoiser.named_parameters())[lora]
+    reference = dict(module.reference.named_parameters())[lora]
     assert not reference.requires_grad
     assert not torch.equal(current, reference)  # the policy trained on after the round began
 

@@ -86,5 +86,5 @@ def test_loaded_components_are_frozen_and_lora_is_float32(assets):
     policy = DiffusionPolicy(**components, num_steps=2)
     assert components["vae"].dtype == torch.bfloat16 and not any(p.requires_grad for p in components["vae"].parameters())
     trainable = policy.trainable_parameters()
-    assert trainable and all(p.dtype == torch.float32 and "lora" in n for n, p in policy.unet.named_parameters() if p.requires_grad)
-    assert policy.unet.conv_in.weight.dtype == torch.bfloat16
+    assert trainable and all(p.dtype == torch.float32 and "lora" in n for n, p in policy.denoiser.named_parameters() if p.requires_grad)
+    assert policy.denoiser.conv_in.weight.dtype == torch.bfloat16

@@ -32,7 +32,7 @@ class HeldOutEvaluation:
         everything = [p for p in prompts for _ in range(self.samples_per_prompt)]
         mine = shard(len(everything), rank, world)
         prompts = everything[mine.start : mine.stop]
-        noise = sample_generators(self.seed, "eval", 0, mine, policy.uncond_embed.device)
+        noise = sample_generators(self.seed, "eval", 0, mine, policy.device)
         images = policy.sample_batched(prompts, self.batch_size, noise, progress, desc="evaluating").images
         rewards = torch.as_tensor(self.reward_fn(images, prompts)).float().cpu()
         every_reward = gather(rewards, world)

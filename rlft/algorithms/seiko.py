@@ -76,7 +76,7 @@ class SEIKO(L.LightningModule):
         self.queries_per_round = list(queries_per_round)
         self.epochs_per_round = epochs_per_round
         self.health = health or NonFiniteGuard()
-        self.reference_unet = None  # the previous round's policy, frozen
+        self.reference = None  # the previous round's denoiser, frozen
         self.oracle_queries = 0
         self.rounds_queried = 0  # rounds whose queries are in the feedback (a resumed run never repeats them)
         self.round_problems: list[str] = []  # non-finite oracle rewards of the current round
@@ -172,7 +172,7 @@ class SEIKO(L.LightningModule):
             return  # resumed after this round's queries: they are in the checkpoint
         self.round_metrics = self.query_oracle(round_index)
         self.round_metrics["oracle/round"] = float(round_index)
-        self.reference_unet = copy.deepcopy(self.policy.unet).requires_grad_(False)
+        self.reference = copy.deepcopy(self.policy.denoiser).requires_grad_(False)
         self.rounds_queried = round_index + 1
         self.save_round_checkpoint()
         stop_if_requested(self.trainer)
@@ -204,7 +204,7 @@ class SEIKO(L.LightningModule):
             part = shard(len(step_prompts), rank, world)
             batch = step_prompts[part.start : part.stop]
             images, kl = self.policy.sample_with_grad(
-                prompts[batch.start : batch.stop], self.hparams.truncation_steps, self.reference_unet,
+                prompts[batch.start : batch.stop], self.hparams.truncation_steps, self.reference,
                 checkpoint=self.hparams.gradient_checkpointing,
                 generator=sample_generators(self.hparams.seed, "finetune", self.current_epoch, batch, self.device),
             )
@@ -288,7 +288,7 @@ class SEIKO(L.LightningModule):
             "health": self.health.state_dict(),
             "feedback_features": self.feedback_features,
             "feedback_rewards": self.feedback_rewards,
-            "reference_unet": self.reference_unet.state_dict() if self.reference_unet is not None else None,
+            "reference": self.reference.state_dict() if self.reference is not None else None,
             "rng": get_rng_state(),
         }
 
@@ -306,6 +306,6 @@ class SEIKO(L.LightningModule):
             set_rng_state(state["rng"])
         self.feedback_features = state.get("feedback_features")
         self.feedback_rewards = state.get("feedback_rewards")
-        if state.get("reference_unet") is not None:
-            self.reference_unet = copy.deepcopy(self.policy.unet).requires_grad_(False)
-            self.reference_unet.load_state_dict(state["reference_unet"])
+        if state.get("reference") is not None:
+            self.reference = copy.deepcopy(self.policy.denoiser).requires_grad_(False)
+            self.reference.load_state_dict(state["reference"])

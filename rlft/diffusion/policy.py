@@ -1,20 +1,23 @@
 """`DiffusionPolicy`: a text-conditioned diffusion model seen as an RL policy.
 
-It samples trajectories with `ddim_step_with_logprob`, stores what PPO needs to recompute
-each transition's log-probability later, and recomputes it with gradients.
+One interface for both model families: the denoiser (a UNet or an SD3 transformer) predicts
+noise or velocity, and the sampler of the model's scheduler (`rlft.diffusion.samplers`: the
+DDIM step or Flow-GRPO's flow SDE step) turns each prediction into a Gaussian transition with
+a log-probability. The policy samples trajectories, stores what PPO needs to recompute each
+transition's log-probability later, and recomputes it with gradients.
 """
 
 from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
-from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlft.diffusion.ddim import check_stochastic, ddim_step_with_logprob, gaussian_kl_equal_std
+from rlft.diffusion.gaussian import gaussian_kl_equal_std
+from rlft.diffusion.samplers import make_sampler
 
 
 # None: the global RNG; one generator; or a list, one per sample of the batch.
@@ -22,11 +25,48 @@ Generator = torch.Generator | list[torch.Generator] | None
 
 
 @dataclass
+class PromptEmbeds:
+    """What the denoiser is conditioned on: token embeddings for (cross- or joint) attention
+    and, for SD3-style transformers, pooled text embeddings. Indexed like a batch."""
+
+    tokens: torch.Tensor  # (B, L, D)
+    pooled: torch.Tensor | None = None  # (B, P)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index) -> "PromptEmbeds":
+        return PromptEmbeds(self.tokens[index], None if self.pooled is None else self.pooled[index])
+
+    def expand(self, batch: int) -> "PromptEmbeds":
+        """A batch-1 embedding repeated `batch` times (a view: no copy)."""
+        return PromptEmbeds(self.tokens.expand(batch, -1, -1), None if self.pooled is None else self.pooled.expand(batch, -1))
+
+    def to(self, dtype: torch.dtype) -> "PromptEmbeds":
+        return PromptEmbeds(self.tokens.to(dtype), None if self.pooled is None else self.pooled.to(dtype))
+
+    @staticmethod
+    def cat(parts: list["PromptEmbeds"]) -> "PromptEmbeds":
+        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+        return PromptEmbeds(torch.cat([p.tokens for p in parts]), pooled)
+
+
+def run_denoiser(denoiser: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
+    """One forward of a diffusers denoiser: a UNet2DConditionModel (cross-attention on the
+    tokens), or an SD3Transformer2DModel (joint attention, plus pooled projections)."""
+    if embeds.pooled is None:
+        return denoiser(latents, timesteps, encoder_hidden_states=embeds.tokens).sample
+    return denoiser(hidden_states=latents, timestep=timesteps, encoder_hidden_states=embeds.tokens,
+                    pooled_projections=embeds.pooled).sample
+
+
+@dataclass
 class Trajectories:
-    """A batch of sampled trajectories. B samples, T denoising steps."""
+    """A batch of sampled trajectories: B samples, T stochastic steps (all denoising steps,
+    or those of the SDE window)."""
 
     prompts: list[str]
-    prompt_embeds: torch.Tensor  # (B, L, D)
+    prompt_embeds: PromptEmbeds  # (B, ...)
     latents: torch.Tensor  # (B, T, C, H, W): x_t before each step
     next_latents: torch.Tensor  # (B, T, C, H, W): x_t' after each step
     log_probs: torch.Tensor  # (B, T)
@@ -40,53 +80,59 @@ class Trajectories:
     def cat(cls, parts: list["Trajectories"]) -> "Trajectories":
         return cls(
             prompts=[p for part in parts for p in part.prompts],
+            prompt_embeds=PromptEmbeds.cat([part.prompt_embeds for part in parts]),
             **{
                 name: torch.cat([getattr(part, name) for part in parts])
-                for name in ("prompt_embeds", "latents", "next_latents", "log_probs", "timesteps", "images")
+                for name in ("latents", "next_latents", "log_probs", "timesteps", "images")
             },
         )
 
 
 class DiffusionPolicy(nn.Module):
-    """UNet (LoRA-adapted or fully trainable) + frozen prompt encoder (+ frozen VAE).
+    """Denoiser (LoRA-adapted or fully trainable) + frozen prompt encoder (+ frozen VAE).
 
-    `prompt_encoder` is any module with `encode(list[str]) -> (B, L, D)`. Without a `vae`
-    the model works in pixel space with values in [-1, 1] (the embedded default).
+    `prompt_encoder` is any module with `encode(list[str])` -> (B, L, D) token embeddings or a
+    `PromptEmbeds`. Without a `vae` the model works in pixel space with values in [-1, 1] (the
+    embedded models). `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
+    None takes the family's public default. `latent_size` (None: the denoiser's own
+    sample_size) sets the resolution sampled at.
     """
 
     def __init__(
         self,
-        unet: UNet2DConditionModel,
-        scheduler: DDIMScheduler,
+        denoiser: nn.Module,
+        scheduler,
         prompt_encoder: nn.Module,
         vae: nn.Module | None = None,
         num_steps: int = 20,
         guidance_scale: float = 3.0,
-        eta: float = 1.0,
+        eta: float | None = None,
+        noise_level: float | None = None,
+        sde_window: list[int] | None = None,
         reduction: str = "mean",
         lora_rank: int | None = 4,
         lora_alpha: float | None = None,
         lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
         negative_prompt: str = "",
+        latent_size: int | None = None,
     ):
         super().__init__()
-        self.unet = unet
+        self.denoiser = denoiser
         self.scheduler = scheduler
         self.prompt_encoder = prompt_encoder.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
-        self.eta = eta
         self.reduction = reduction
-        self.scheduler.set_timesteps(num_steps)
-        check_stochastic(self.scheduler)
+        self.latent_size = latent_size or denoiser.config.sample_size  # e.g. 64 for SD3 at 512x512
+        self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window)
         if lora_rank:
-            self.unet.requires_grad_(False)
-            self.unet.add_adapter(
+            self.denoiser.requires_grad_(False)
+            self.denoiser.add_adapter(
                 LoraConfig(
                     r=lora_rank,
                     lora_alpha=lora_alpha or lora_rank,
-                    init_lora_weights="gaussian",  # B = 0: the adapted UNet starts equal to the base
+                    init_lora_weights="gaussian",  # B = 0: the adapted denoiser starts equal to the base
                     target_modules=list(lora_target_modules),
                 )
             )
@@ -96,39 +142,50 @@ class DiffusionPolicy(nn.Module):
                 param.data = param.data.float()
         # The unconditional (negative-prompt) embedding of classifier-free guidance never
         # changes: encode it once.
-        with torch.no_grad():
-            self.register_buffer("uncond_embed", prompt_encoder.encode([negative_prompt]), persistent=False)
+        uncond = self.encode_prompts([negative_prompt])
+        self.register_buffer("uncond_tokens", uncond.tokens, persistent=False)
+        self.register_buffer("uncond_pooled", uncond.pooled, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.uncond_tokens.device
+
+    @property
+    def family(self) -> str:
+        return self.sampler.family
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.unet.parameters() if p.requires_grad]
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        return self.prompt_encoder.encode(prompts)
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        embeds = self.prompt_encoder.encode(prompts)
+        return embeds if isinstance(embeds, PromptEmbeds) else PromptEmbeds(embeds)
 
-    def predict_noise(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor, unet: nn.Module | None = None
+    def predict(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds, denoiser: nn.Module | None = None
     ) -> torch.Tensor:
-        """UNet output with classifier-free guidance, both branches in one batched call.
-        `unet` replaces the policy's own (a frozen reference copy for SEIKO's KL)."""
-        unet = unet or self.unet
-        dtype = unet.dtype
-        if self.guidance_scale == 1.0:
-            return unet(latents.to(dtype), timesteps, prompt_embeds.to(dtype)).sample
-        uncond = self.uncond_embed.expand(len(latents), -1, -1)
+        """The denoiser's output (noise or velocity) with classifier-free guidance, both
+        branches in one batched call. `denoiser` replaces the policy's own (a frozen reference
+        for SEIKO's KL)."""
+        denoiser = denoiser or self.denoiser
+        dtype = denoiser.dtype
         timesteps = torch.as_tensor(timesteps, device=latents.device).expand(len(latents))
-        out = unet(
+        if self.guidance_scale == 1.0:
+            return run_denoiser(denoiser, latents.to(dtype), timesteps, prompt_embeds.to(dtype))
+        uncond = PromptEmbeds(self.uncond_tokens, self.uncond_pooled).expand(len(latents))
+        out = run_denoiser(
+            denoiser,
             torch.cat([latents, latents]).to(dtype),
             torch.cat([timesteps, timesteps]),
-            torch.cat([uncond, prompt_embeds]).to(dtype),
-        ).sample
+            PromptEmbeds.cat([uncond, prompt_embeds]).to(dtype),
+        )
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.guidance_scale * (out_cond - out_uncond)
 
     def initial_latents(self, batch: int, generator: Generator = None) -> torch.Tensor:
-        cfg = self.unet.config
-        shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        return randn_tensor(shape, generator=generator, device=self.uncond_embed.device, dtype=torch.float32)
+        shape = (batch, self.denoiser.config.in_channels, self.latent_size, self.latent_size)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], generator: Generator = None, progress: bool = False) -> Trajectories:
@@ -136,16 +193,18 @@ class DiffusionPolicy(nn.Module):
         (`rlft.diffusion.noise.sample_generators`: each sample's noise its own)."""
         embeds = self.encode_prompts(prompts)
         x = self.initial_latents(len(prompts), generator)
-        latents, next_latents, log_probs = [], [], []
-        timesteps = self.scheduler.timesteps.to(x.device)
-        for t in tqdm(timesteps, desc="denoising", leave=False, disable=None if progress else True):
-            noise_pred = self.predict_noise(x, t, embeds)
-            step = ddim_step_with_logprob(
-                self.scheduler, noise_pred, t, x, eta=self.eta, generator=generator, reduction=self.reduction
-            )
+        latents, next_latents, log_probs, stochastic = [], [], [], []
+        timesteps = self.sampler.timesteps.to(x.device)
+        for i, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, disable=None if progress else True)):
+            prediction = self.predict(x, t, embeds)
+            if not self.sampler.is_stochastic(i):
+                x = self.sampler.ode_step(prediction, t, x)
+                continue
+            step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
             latents.append(x)
             next_latents.append(step.prev_sample)
             log_probs.append(step.log_prob)
+            stochastic.append(t)
             x = step.prev_sample
         return Trajectories(
             prompts=list(prompts),
@@ -153,7 +212,7 @@ class DiffusionPolicy(nn.Module):
             latents=torch.stack(latents, dim=1),
             next_latents=torch.stack(next_latents, dim=1),
             log_probs=torch.stack(log_probs, dim=1),
-            timesteps=timesteps.unsqueeze(0).expand(len(prompts), -1),
+            timesteps=torch.stack(stochastic).unsqueeze(0).expand(len(prompts), -1),
             images=self.decode(x),
         )
 
@@ -161,38 +220,38 @@ class DiffusionPolicy(nn.Module):
         self,
         prompts: list[str],
         grad_steps: int,
-        reference_unet: nn.Module | None = None,
+        reference: nn.Module | None = None,
         checkpoint: bool = True,
         generator: Generator = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample with the gradient kept through the last `grad_steps` denoising steps
         (truncated backpropagation; earlier steps run without a graph). Returns images
-        (B, C, H', W') in [0, 1] and the KL (B,) to `reference_unet` summed over those steps.
+        (B, C, H', W') in [0, 1] and the KL (B,) to the `reference` denoiser summed over the
+        stochastic steps among those (a deterministic step has no Gaussian to compare).
 
-        The KL at each step is that of the two DDIM Gaussians at the same x_t (reference
-        evaluated without gradient), reduced like the log-probability.
+        The KL at each step is that of the two Gaussians at the same x_t (reference evaluated
+        without gradient), reduced like the log-probability.
         """
         embeds = self.encode_prompts(prompts)
         x = self.initial_latents(len(prompts), generator)
         kl = torch.zeros(len(prompts), device=x.device)
-        timesteps = self.scheduler.timesteps.to(x.device)
+        timesteps = self.sampler.timesteps.to(x.device)
         first_grad_step = len(timesteps) - grad_steps
         for i, t in enumerate(timesteps):
             with torch.set_grad_enabled(i >= first_grad_step):
                 if i >= first_grad_step and checkpoint:
-                    # Recompute the UNet's activations in the backward pass: memory of one step, not all.
-                    noise_pred = torch.utils.checkpoint.checkpoint(self.predict_noise, x, t, embeds, use_reentrant=False)
+                    # Recompute the denoiser's activations in the backward pass: memory of one step, not all.
+                    prediction = torch.utils.checkpoint.checkpoint(self.predict, x, t, embeds, use_reentrant=False)
                 else:
-                    noise_pred = self.predict_noise(x, t, embeds)
-                step = ddim_step_with_logprob(
-                    self.scheduler, noise_pred, t, x, eta=self.eta, generator=generator, reduction=self.reduction
-                )
-                if i >= first_grad_step and reference_unet is not None:
+                    prediction = self.predict(x, t, embeds)
+                if not self.sampler.is_stochastic(i):
+                    x = self.sampler.ode_step(prediction, t, x)
+                    continue
+                step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
+                if i >= first_grad_step and reference is not None:
                     with torch.no_grad():
-                        ref_pred = self.predict_noise(x.detach(), t, embeds, unet=reference_unet)
-                        ref = ddim_step_with_logprob(
-                            self.scheduler, ref_pred, t, x.detach(), eta=self.eta, prev_sample=step.prev_sample
-                        )
+                        ref_prediction = self.predict(x.detach(), t, embeds, denoiser=reference)
+                        ref = self.sampler.step(ref_prediction, t, x.detach(), prev_sample=step.prev_sample)
                     kl = kl + gaussian_kl_equal_std(step.mean, ref.mean, step.std, self.reduction)
             x = step.prev_sample
         return self.decode(x), kl
@@ -212,18 +271,16 @@ class DiffusionPolicy(nn.Module):
         ])
 
     def log_prob(
-        self, latents: torch.Tensor, next_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor
+        self, latents: torch.Tensor, next_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds
     ) -> torch.Tensor:
         """Log-probability (B,) of stored transitions under the current weights, with grad."""
-        noise_pred = self.predict_noise(latents, timesteps, prompt_embeds)
-        step = ddim_step_with_logprob(
-            self.scheduler, noise_pred, timesteps, latents, eta=self.eta, prev_sample=next_latents, reduction=self.reduction
-        )
-        return step.log_prob
+        prediction = self.predict(latents, timesteps, prompt_embeds)
+        return self.sampler.step(prediction, timesteps, latents, prev_sample=next_latents, reduction=self.reduction).log_prob
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents -> images in [0, 1]."""
         if self.vae is None:
             return ((latents + 1) / 2).clamp(0, 1)
-        scaled = latents / self.vae.config.scaling_factor
+        # SD3's VAE has a shift as well as a scale; SD 1.x/2.x's shift is None.
+        scaled = latents / self.vae.config.scaling_factor + (getattr(self.vae.config, "shift_factor", None) or 0.0)
         return ((self.vae.decode(scaled.to(self.vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)

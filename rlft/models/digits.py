@@ -7,7 +7,8 @@ so an RL epoch fits in seconds.
 """
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+import diffusers
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -44,6 +45,12 @@ def build_digits_scheduler() -> DDIMScheduler:
         set_alpha_to_one=False,
         prediction_type="epsilon",
     )
+
+
+def build_digits_flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    # Rectified flow (x_sigma = (1 - sigma) x0 + sigma noise, velocity noise - x0), as SD3/FLUX.
+    # shift=1: no resolution shift at 16x16 (SD3 shifts by 3 at 1024x1024).
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
 def build_digits_prompt_encoder(embed_dim: int = 32) -> WordPromptEncoder:
@@ -85,7 +92,9 @@ class DigitClassifier(ModelMixin, ConfigMixin):
 
 def load_digits_model(path: str) -> dict:
     """Load the components of a digits model directory (unet/, scheduler/, text_encoder/)
-    through diffusers' `from_pretrained`, the same path as any other model directory."""
+    through diffusers' `from_pretrained`, the same path as any other model directory. The
+    scheduler's class comes from its saved config: DDIM (model=digits) or flow matching
+    (model=digits_flow), and with it the sampler step the policy uses."""
     from pathlib import Path
 
     missing = [sub for sub in ("unet", "scheduler", "text_encoder") if not (Path(path) / sub).is_dir()]
@@ -95,7 +104,13 @@ def load_digits_model(path: str) -> dict:
             "(expected unet/, scheduler/ and text_encoder/ as written by `python -m rlft.pretrain`)"
         )
     return {
-        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
-        "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
+        "denoiser": UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
+        "scheduler": load_scheduler(path),
         "prompt_encoder": WordPromptEncoder.from_pretrained(path, subfolder="text_encoder"),
     }
+
+
+def load_scheduler(path: str, subfolder: str = "scheduler", **kwargs):
+    """The scheduler a model directory names (`_class_name` in its scheduler config)."""
+    config = DDIMScheduler.load_config(path, subfolder=subfolder, **kwargs)
+    return getattr(diffusers, config["_class_name"]).from_config(config)

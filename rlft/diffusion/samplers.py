@@ -1,0 +1,121 @@
+"""The two sampler steps behind one interface: which one a model uses follows from its
+scheduler (DDIM for epsilon/v-prediction UNets, flow matching for rectified-flow models), so
+the policy and the algorithms never branch on the model family.
+
+An SDE window (`sde_window=[start, stop]`, step indices, Python slice semantics; null: every
+step) makes only those steps stochastic: they carry a log-probability and are what PPO-style
+algorithms train on. The other steps are deterministic (the Euler ODE step of a flow model,
+eta = 0 DDIM) and are never trained on, as in Flow-GRPO-Fast and MixGRPO: training cost
+falls with the window's length.
+"""
+
+import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+from rlft.diffusion.ddim import check_stochastic, ddim_mean_and_std, ddim_step_with_logprob
+from rlft.diffusion.flow import flow_ode_step, flow_sde_step_with_logprob
+from rlft.diffusion.gaussian import GaussianStep
+
+FAMILIES = {"ddim": DDIMScheduler, "flow": FlowMatchEulerDiscreteScheduler}
+
+
+def check_sde_window(sde_window, num_steps: int) -> range:
+    """[start, stop] -> the range of stochastic step indices (all steps for None)."""
+    if sde_window is None:
+        return range(num_steps)
+    window = list(sde_window)
+    if len(window) != 2 or not all(isinstance(i, int) for i in window) or not 0 <= window[0] < window[1] <= num_steps:
+        raise ValueError(
+            f"policy.sde_window={window} is invalid: must be [start, stop] with 0 <= start < stop <= "
+            f"policy.num_steps={num_steps} (step indices, stop exclusive), or null for every step"
+        )
+    return range(*window)
+
+
+class Sampler:
+    """A scheduler's sampling chain: `timesteps` (T,), which steps are stochastic, and the
+    two steps (`step`: a Gaussian with log-probability; `ode_step`: deterministic)."""
+
+    family: str
+
+    def __init__(self, scheduler, num_steps: int, sde_window=None):
+        self.scheduler = scheduler
+        scheduler.set_timesteps(num_steps)
+        self.window = check_sde_window(sde_window, num_steps)
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        return self.scheduler.timesteps
+
+    def is_stochastic(self, index: int) -> bool:
+        return index in self.window
+
+    def step(self, model_output, timestep, sample, prev_sample=None, generator=None, reduction="mean") -> GaussianStep:
+        raise NotImplementedError
+
+    def ode_step(self, model_output, timestep, sample) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DDIMSampler(Sampler):
+    """DDIM with noise `eta` (DDPO's policy); eta = 0 DDIM outside the SDE window."""
+
+    family = "ddim"
+
+    def __init__(self, scheduler: DDIMScheduler, num_steps: int, eta: float = 1.0, sde_window=None):
+        super().__init__(scheduler, num_steps, sde_window)
+        self.eta = eta
+        check_stochastic(scheduler)
+
+    def step(self, model_output, timestep, sample, prev_sample=None, generator=None, reduction="mean") -> GaussianStep:
+        return ddim_step_with_logprob(self.scheduler, model_output, timestep, sample, self.eta, prev_sample, generator, reduction)
+
+    def ode_step(self, model_output, timestep, sample) -> torch.Tensor:
+        return ddim_mean_and_std(self.scheduler, model_output, timestep, sample, eta=0.0)[0]
+
+
+class FlowSDESampler(Sampler):
+    """Flow-GRPO's SDE step with `noise_level`; the Euler ODE step outside the SDE window."""
+
+    family = "flow"
+
+    def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, noise_level: float = 0.7, sde_window=None):
+        super().__init__(scheduler, num_steps, sde_window)
+        if noise_level <= 0:
+            raise ValueError(f"policy.noise_level={noise_level} is invalid: must be > 0 (Flow-GRPO's default is 0.7); "
+                             "at 0 the step is the deterministic ODE step, with no log-probability")
+        self.noise_level = noise_level
+
+    def step(self, model_output, timestep, sample, prev_sample=None, generator=None, reduction="mean") -> GaussianStep:
+        return flow_sde_step_with_logprob(
+            self.scheduler, model_output, timestep, sample, self.noise_level, prev_sample, generator, reduction
+        )
+
+    def ode_step(self, model_output, timestep, sample) -> torch.Tensor:
+        return flow_ode_step(self.scheduler, model_output, timestep, sample)
+
+
+def family_of(scheduler) -> str:
+    for family, cls in FAMILIES.items():
+        if isinstance(scheduler, cls):
+            return family
+    raise TypeError(
+        f"{type(scheduler).__name__} is not a supported scheduler: rlft samples with DDIMScheduler (epsilon, "
+        "v- or sample-prediction models) or FlowMatchEulerDiscreteScheduler (rectified-flow models)"
+    )
+
+
+def make_sampler(scheduler, num_steps: int, eta: float | None = None, noise_level: float | None = None,
+                 sde_window=None) -> Sampler:
+    """The sampler of the scheduler's family. `eta` belongs to DDIM, `noise_level` to flow
+    models; None takes the public default (DDPO's eta 1.0, Flow-GRPO's noise level 0.7)."""
+    family = family_of(scheduler)
+    if family == "ddim":
+        if noise_level is not None:
+            raise ValueError(f"policy.noise_level={noise_level} is a flow-model setting; this model samples with DDIM "
+                             "(set policy.eta instead)")
+        return DDIMSampler(scheduler, num_steps, 1.0 if eta is None else eta, sde_window)
+    if eta is not None:
+        raise ValueError(f"policy.eta={eta} is a DDIM setting; this model is a rectified-flow model "
+                         "(set policy.noise_level instead)")
+    return FlowSDESampler(scheduler, num_steps, 0.7 if noise_level is None else noise_level, sde_window)
