@@ -71,3 +71,47 @@ def save_tiny_aesthetic_head(path: Path, input_dim: int = 8) -> Path:
     torch.manual_seed(1)
     torch.save(AestheticMLP(input_dim).state_dict(), path)
     return path
+
+
+def tiny_t5_tokenizer(max_length: int = 8):
+    """A character-level Unigram T5 tokenizer, built with `tokenizers` (no download)."""
+    from tokenizers import Tokenizer, models
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789 "]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
+    return T5TokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                           model_max_length=max_length, extra_ids=0)
+
+
+def save_tiny_sd3(path: Path, with_t5: bool = True) -> Path:
+    """A StableDiffusion3Pipeline directory: two tiny CLIPs (+ a tiny T5), a 1-layer SD3
+    transformer on 8x8 latents of 4 channels, a 32x32 image VAE with SD3's shift factor."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    clip = lambda: CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=74, hidden_size=16, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, bos_token_id=72, eos_token_id=73, pad_token_id=73, projection_dim=16,
+    ))
+    t5_tokenizer = tiny_t5_tokenizer() if with_t5 else None
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=1,
+                                 num_heads=4, decoder_start_token_id=0)) if with_t5 else None
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32,
+        pos_embed_max_size=16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
+        sample_size=32, shift_factor=0.06, scaling_factor=1.5,
+    )
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip(), tokenizer=tiny_tokenizer(), text_encoder_2=clip(), tokenizer_2=tiny_tokenizer(),
+        text_encoder_3=t5, tokenizer_3=t5_tokenizer,
+    )
+    pipeline.save_pretrained(path)
+    return path

@@ -7,6 +7,7 @@ encoder are frozen in the inference dtype; the UNet's base weights too, while it
 weights (added by `DiffusionPolicy`) are kept in float32.
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -16,6 +17,26 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_pipeline_class(path: Path, expected: str, choice: str) -> None:
+    """A local pipeline directory's `model_index.json` names its pipeline class: a directory of
+    the other model family is refused before anything is loaded."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        return  # the component check that follows names what is missing
+    found = json.loads(index.read_text()).get("_class_name")
+    if found != expected:
+        raise ValueError(
+            f"model.pretrained={str(path)!r} holds a {found}, not a {expected}: choose the model config of its family "
+            f"({FAMILY_CHOICES.get(found, 'no rlft model config loads it')}), not {choice}"
+        )
+
+
+FAMILY_CHOICES = {
+    "StableDiffusionPipeline": "model=stable_diffusion, sd15 or sd21",
+    "StableDiffusion3Pipeline": "model=sd3, sd35_medium or sd35_large",
+}
 
 
 class ClipPromptEncoder(nn.Module):
@@ -43,12 +64,13 @@ def load_stable_diffusion(
     dtype: str = "float16",
     gradient_checkpointing: bool = False,
 ) -> dict:
-    """-> the components `DiffusionPolicy` takes: unet, scheduler (DDIM, from the pipeline's
+    """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the pipeline's
     scheduler config), prompt_encoder (CLIP), vae."""
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
     local = Path(pretrained)
     if local.exists() or pretrained.startswith((".", "/")):
+        check_pipeline_class(local, "StableDiffusionPipeline", "model=stable_diffusion (or sd15, sd21)")
         missing = [c for c in COMPONENTS if not (local / c).is_dir()]
         if missing:
             raise FileNotFoundError(
@@ -70,7 +92,7 @@ def load_stable_diffusion(
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # recompute activations in backward: memory for time
     return {
-        "unet": unet,
+        "denoiser": unet,
         "scheduler": scheduler,
         "prompt_encoder": ClipPromptEncoder(tokenizer, text_encoder.requires_grad_(False).eval()),
         "vae": vae.requires_grad_(False).eval(),

@@ -1,0 +1,106 @@
+"""Stable Diffusion 3 / 3.5 through diffusers: the rectified-flow models Flow-GRPO fine-tunes.
+
+`load_sd3` reads a `StableDiffusion3Pipeline` directory or hub id component by component with
+diffusers'/transformers' own `from_pretrained` (the tests run it on a tiny pipeline they save).
+Prompts are encoded by the pipeline's own `encode_prompt` (CLIP-L, CLIP-G and, optionally,
+T5-XXL: SD3 runs without T5, whose 4.7B parameters are most of its text side). The frozen
+parts are in the inference dtype; LoRA weights (added by `DiffusionPolicy` to the
+transformer's attention projections) are float32.
+"""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from torch import nn
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+T5_COMPONENTS = ("text_encoder_3", "tokenizer_3")
+
+
+class SD3PromptEncoder(nn.Module):
+    """Prompts -> SD3's conditioning: joint-attention tokens (B, 77 + L_t5, D) and pooled CLIP
+    embeddings (B, P), exactly as `StableDiffusion3Pipeline.encode_prompt` makes them.
+
+    The text encoders are this module's submodules (so they move with the policy); the
+    pipeline object that runs `encode_prompt` is a plain attribute, not a submodule, so the
+    transformer it refers to (for its config alone) is not counted twice.
+    """
+
+    def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+                 text_encoder_3=None, tokenizer_3=None, max_sequence_length: int = 256):
+        super().__init__()
+        self.text_encoder, self.text_encoder_2, self.text_encoder_3 = text_encoder, text_encoder_2, text_encoder_3
+        self.max_sequence_length = max_sequence_length
+        self.__dict__["pipeline"] = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=None, vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3,
+            tokenizer_3=tokenizer_3,
+        )
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> PromptEmbeds:
+        tokens, _, pooled, _ = self.pipeline.encode_prompt(
+            list(prompts), prompt_2=None, prompt_3=None, device=self.text_encoder.device,
+            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+        )
+        return PromptEmbeds(tokens, pooled)
+
+
+def load_sd3(
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    dtype: str = "bfloat16",
+    use_t5: bool = True,
+    max_sequence_length: int = 256,
+    gradient_checkpointing: bool = False,
+) -> dict:
+    """-> the components `DiffusionPolicy` takes: denoiser (the SD3 transformer), scheduler
+    (flow matching, from the pipeline's config), prompt_encoder (CLIP-L + CLIP-G (+ T5)), vae."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
+    local = Path(pretrained)
+    if local.exists() or pretrained.startswith((".", "/")):
+        check_pipeline_class(local, "StableDiffusion3Pipeline", "model=sd3 (or sd35_medium, sd35_large)")
+        needed = COMPONENTS + (T5_COMPONENTS if use_t5 else ())
+        missing = [c for c in needed if not (local / c).is_dir()]
+        if missing:
+            hint = " (or model.use_t5=false: SD3 runs without T5)" if set(missing) <= set(T5_COMPONENTS) else ""
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r} is not a Stable Diffusion 3 pipeline directory: missing {missing}{hint} "
+                f"(expected {list(needed)}, as StableDiffusion3Pipeline.save_pretrained writes)"
+            )
+    torch_dtype = DTYPES[dtype]
+    common = {"revision": revision}
+    weights = {"variant": variant, **common}
+    try:
+        transformer = SD3Transformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
+        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
+        encoders = {
+            name: CLIPTextModelWithProjection.from_pretrained(pretrained, subfolder=name, dtype=torch_dtype, **weights)
+            for name in ("text_encoder", "text_encoder_2")
+        }
+        tokenizers = {name: CLIPTokenizer.from_pretrained(pretrained, subfolder=name, **common) for name in ("tokenizer", "tokenizer_2")}
+        if use_t5:
+            encoders["text_encoder_3"] = T5EncoderModel.from_pretrained(pretrained, subfolder="text_encoder_3", dtype=torch_dtype, **weights)
+            tokenizers["tokenizer_3"] = T5TokenizerFast.from_pretrained(pretrained, subfolder="tokenizer_3", **common)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
+    except (OSError, ValueError) as error:
+        raise OSError(f"could not load Stable Diffusion 3 from model.pretrained={pretrained!r} "
+                      f"(revision={revision}, variant={variant}): {error}") from error
+    if gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()  # recompute activations in backward: memory for time
+    for encoder in encoders.values():
+        encoder.requires_grad_(False).eval()
+    return {
+        "denoiser": transformer,
+        "scheduler": scheduler,
+        "prompt_encoder": SD3PromptEncoder(**encoders, **tokenizers, transformer=transformer,
+                                           max_sequence_length=max_sequence_length),
+        "vae": vae.requires_grad_(False).eval(),
+    }
