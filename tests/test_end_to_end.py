@@ -123,3 +123,25 @@ def test_help_lists_groups_and_options(tmp_path):
     out = run_rlft("--help", cwd=tmp_path).stdout
     for line in ("algorithm: ppo, seiko", "reduction: mean, sum", "reward: aesthetic, compressibility, digit_alignment, http, incompressibility"):
         assert line in out, out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_flow_model_runs_ppo_on_its_sde_window_and_seiko(tiny_flow_model_dir, tmp_path, reduction):
+    """model=digits_flow through the CLI: PPO on a 2-of-3-step SDE window (the stored, trained
+    steps) and SEIKO through the flow sampler, every metric finite, ratio 1 at each first update."""
+    flow = ["model=digits_flow", f"model.pretrained={tiny_flow_model_dir}", f"reduction={reduction}"]
+    run_dir = tmp_path / "ppo"
+    run_rlft(*flow, *TINY_RUN, "policy.sde_window=[0,2]", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    scalars = read_scalars(run_dir)
+    for tag, series in scalars.items():
+        assert all(math.isfinite(v) for _, v in series), f"{tag} has a non-finite value: {series}"
+    assert all(abs(v) < 1e-6 for _, v in scalars["train/approx_kl_first_update"])
+    assert [step for step, _ in scalars["reward/mean"]] == [0, 1]
+
+    from tests.test_seiko import TINY_SEIKO
+
+    run_dir = tmp_path / "seiko"
+    run_rlft(*flow, *TINY_SEIKO, "model.reward_feature_dim=64", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    scalars = read_scalars(run_dir)
+    assert all(math.isfinite(v) for tag in ("train/kl", "train/reward_model", "eval/oracle_reward") for _, v in scalars[tag])
+    assert scalars["oracle/queries"][-1][1] == 24

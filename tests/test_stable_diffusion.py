@@ -11,20 +11,22 @@ from tests.test_end_to_end import run_rlft
 from tests.tiny_sd import save_tiny_aesthetic_head, save_tiny_clip, save_tiny_sd
 
 
+def save_tiny_assets(root, pipelines: dict) -> dict:
+    """The pipelines named in `pipelines` (name -> saver), a tiny CLIP and an aesthetic head."""
+    return {**{name: save(root / name) for name, save in pipelines.items()},
+            "clip": save_tiny_clip(root / "clip"), "head": save_tiny_aesthetic_head(root / "head.pth"), "root": root}
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_sd")
-    return {
-        "sd": save_tiny_sd(root / "sd"),
-        "clip": save_tiny_clip(root / "clip"),
-        "head": save_tiny_aesthetic_head(root / "head.pth"),
-        "root": root,
-    }
+    return save_tiny_assets(tmp_path_factory.mktemp("tiny_sd"), {"sd": save_tiny_sd})
 
 
-def sd_overrides(assets) -> list[str]:
+def sd_overrides(assets, model: str = "stable_diffusion", pipeline: str = "sd") -> list[str]:
+    """A one-epoch run of `model` on the tiny pipeline `assets[pipeline]`, the aesthetic reward
+    and SEIKO's CLIP backbone on the tiny CLIP."""
     return [
-        "model=stable_diffusion", f"model.pretrained={assets['sd']}", "model.dtype=float32", "policy.num_steps=2",
+        f"model={model}", f"model.pretrained={assets[pipeline]}", "model.dtype=float32", "policy.num_steps=2",
         "reward=aesthetic", f"reward.clip_path={assets['clip']}", f"reward.head_path={assets['head']}",
         f"model.reward_features.clip_path={assets['clip']}", "model.reward_feature_dim=8",
         "model.prompts.train=[a cat,a dog]", "model.prompts.eval=[a fox]", "data.samples_per_epoch=4",
@@ -41,12 +43,17 @@ def test_ppo_runs_and_its_lora_loads_into_a_plain_pipeline(assets, tmp_path):
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
     # The README's one-liner, on a plain diffusers pipeline.
-    pipe = StableDiffusionPipeline.from_pretrained(assets["sd"])
-    draw = lambda: pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert_lora_changes_the_pipeline(StableDiffusionPipeline.from_pretrained(assets["sd"]), run / "lora", (1, 3, 64, 64))
+
+
+def assert_lora_changes_the_pipeline(pipe, lora_dir, shape, **call) -> None:
+    """`pipe.load_lora_weights(lora_dir)` (the README's one-liner) changes what `pipe` draws."""
+    draw = lambda: pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
+                        **call).images
     base = draw()
-    pipe.load_lora_weights(run / "lora")
+    pipe.load_lora_weights(lora_dir)
     tuned = draw()
-    assert base.shape == tuned.shape == (1, 3, 64, 64)
+    assert base.shape == tuned.shape == shape
     assert (tuned - base).abs().max() > 1e-4, "the LoRA weights did not change the pipeline's output"
 
 
