@@ -21,12 +21,25 @@ def check_prompts(policy, prompts: list[str]) -> None:
     policy.encode_prompts(sorted(set(prompts)))
 
 
+def check_family(policy, model_cfg) -> None:
+    """The loaded model's scheduler decides the sampler; the model config must agree, or its
+    family-specific settings (policy.eta or policy.noise_level) would have been checked wrongly."""
+    declared = model_cfg.get("family", "ddim")
+    if policy.family != declared:
+        raise ConfigError(
+            f"model.pretrained={model_cfg.pretrained!r} holds a {policy.family} model (its scheduler is "
+            f"{type(policy.scheduler).__name__}), but model={model_cfg.name} declares model.family={declared}: "
+            f"choose the model config of its family (e.g. model=digits_flow for a flow model, model=digits for DDIM)"
+        )
+
+
 def build(cfg: DictConfig):
     """The module, datamodule and trainer a config describes (nothing is run)."""
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     components = instantiate(cfg.model.load)
     policy = instantiate(cfg.policy, **components)
+    check_family(policy, cfg.model)
     data = instantiate(cfg.data)
     check_prompts(policy, data.train_prompts + data.eval_prompts)
     # The algorithm's config names its other inputs (reward, ensemble, aggregation...).

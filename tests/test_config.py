@@ -119,6 +119,12 @@ def test_a_sampler_setting_of_the_wrong_family_or_range_fails_at_start(overrides
         validate(compose_cfg(overrides))
 
 
+def test_a_model_directory_of_the_other_family_is_refused(tmp_path, tiny_flow_model_dir):
+    with pytest.raises(ConfigError, match=r"holds a flow model \(its scheduler is FlowMatchEulerDiscreteScheduler\), "
+                                          r"but model=digits declares model.family=ddim"):
+        build(compose_cfg([f"model.pretrained={tiny_flow_model_dir}"], output_dir=str(tmp_path)))
+
+
 def test_sde_window_reaches_the_policy(tmp_path):
     module, _, _ = build(compose_cfg(["model=digits_flow", "policy.sde_window=[0,4]"], output_dir=str(tmp_path)))
     assert module.policy.family == "flow" and list(module.policy.sampler.window) == [0, 1, 2, 3]
