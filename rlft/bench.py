@@ -18,7 +18,6 @@ a shared, noisy machine better than either time alone:
 Prints a table and writes bench.json in the run directory.
 """
 
-import copy
 import json
 import multiprocessing
 import re
@@ -39,6 +38,7 @@ from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.config import CONFIG_DIR, check_config_dir
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import PromptEmbeds, run_denoiser
+from rlft.diffusion.reference import snapshot
 
 
 def _seconds(fn) -> float:
@@ -144,7 +144,7 @@ def bench(cfg: DictConfig) -> dict:
 
     # (c) SEIKO: gradient through the last k steps of the chain, KL to a frozen reference
     k = int(a.get("truncation_steps", 3))
-    reference = copy.deepcopy(policy.denoiser).requires_grad_(False)
+    reference = snapshot(policy)  # a second adapter, as SEIKO after its first round
     batch = prompts[:mb]
     batch_embeds = embeds[:mb]
     x_small = policy.initial_latents(len(batch))
@@ -200,7 +200,7 @@ def measure_setting(cfg_container: dict, setting: dict) -> dict:
         run = lambda: ppo_epoch(policy, traj, setting["micro_batch"], 1e-4, optimizer, advantages)
         work = len(prompts) * traj.log_probs.shape[1]  # trained timesteps
     else:
-        reference = copy.deepcopy(policy.denoiser).requires_grad_(False)
+        reference = snapshot(policy)  # a second adapter, as SEIKO after its first round
         batch = prompts[: setting["micro_batch"]]
         k = int(cfg.algorithm.get("truncation_steps", 3))
         run = lambda: seiko_step(policy, batch, k, reference, setting["chain_checkpointing"], optimizer)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rlft.diffusion.reference import AdapterReference
 from rlft.tensorboard import read_scalars
 from rlft.train import build
 from tests.conftest import save_tiny_model
@@ -78,11 +79,11 @@ def test_logs_the_documented_metrics_finite(seiko_run):
 
 def test_reference_policy_is_the_previous_rounds(seiko_run):
     module, _, _ = seiko_run
-    lora = [n for n, _ in module.policy.denoiser.named_parameters() if "lora" in n][0]
-    current = dict(module.policy.denoiser.named_parameters())[lora]
-    reference = dict(module.reference.named_parameters())[lora]
-    assert not reference.requires_grad
-    assert not torch.equal(current, reference)  # the policy trained on after the round began
+    assert isinstance(module.reference, AdapterReference)  # round 1's: a second adapter of the same denoiser
+    pairs = list(module.reference.pairs())
+    assert pairs and all(mine.requires_grad and not theirs.requires_grad for mine, theirs in pairs)
+    assert any(not torch.equal(mine, theirs) for mine, theirs in pairs)  # the policy trained on after the round began
+    assert module.policy.trainable_parameters() == [mine for mine, _ in pairs]
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,8 @@ class DiffusionPolicy(nn.Module):
     `PromptEmbeds`. Without a `vae` the model works in pixel space with values in [-1, 1] (the
     embedded models). `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
     None takes the family's public default. `latent_size` (None: the denoiser's own
-    sample_size) sets the resolution sampled at.
+    sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
+    frozen model (`rlft.models.fingerprint`), which checkpoints store in its place.
     """
 
     def __init__(
@@ -115,9 +116,16 @@ class DiffusionPolicy(nn.Module):
         lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
         negative_prompt: str = "",
         latent_size: int | None = None,
+        base: dict | None = None,
     ):
         super().__init__()
         self.denoiser = denoiser
+        # What checkpoints check on resume instead of storing the frozen weights (rlft.checkpoints).
+        # (A plain dict: Hydra's instantiate hands `base` over as a DictConfig, which checkpoints must not hold.)
+        self.base_fingerprint = {k: base[k] for k in base} if base else {
+            "source": None, "revision": None, "variant": None, "dtype": None, "digest": None}
+        self.adapter_settings = {"lora_rank": lora_rank, "lora_alpha": (lora_alpha or lora_rank) if lora_rank else None,
+                                 "lora_target_modules": sorted(lora_target_modules) if lora_rank else None}
         self.scheduler = scheduler
         self.prompt_encoder = prompt_encoder.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None
@@ -162,13 +170,10 @@ class DiffusionPolicy(nn.Module):
         embeds = self.prompt_encoder.encode(prompts)
         return embeds if isinstance(embeds, PromptEmbeds) else PromptEmbeds(embeds)
 
-    def predict(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds, denoiser: nn.Module | None = None
-    ) -> torch.Tensor:
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds) -> torch.Tensor:
         """The denoiser's output (noise or velocity) with classifier-free guidance, both
-        branches in one batched call. `denoiser` replaces the policy's own (a frozen reference
-        for SEIKO's KL)."""
-        denoiser = denoiser or self.denoiser
+        branches in one batched call."""
+        denoiser = self.denoiser
         dtype = denoiser.dtype
         timesteps = torch.as_tensor(timesteps, device=latents.device).expand(len(latents))
         if self.guidance_scale == 1.0:
@@ -182,6 +187,9 @@ class DiffusionPolicy(nn.Module):
         )
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.guidance_scale * (out_cond - out_uncond)
+
+    # `torch.func.functional_call(policy, weights, ...)` predicts with other weights (a reference).
+    forward = predict
 
     def initial_latents(self, batch: int, generator: Generator = None) -> torch.Tensor:
         shape = (batch, self.denoiser.config.in_channels, self.latent_size, self.latent_size)
@@ -220,13 +228,14 @@ class DiffusionPolicy(nn.Module):
         self,
         prompts: list[str],
         grad_steps: int,
-        reference: nn.Module | None = None,
+        reference=None,
         checkpoint: bool = True,
         generator: Generator = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample with the gradient kept through the last `grad_steps` denoising steps
         (truncated backpropagation; earlier steps run without a graph). Returns images
-        (B, C, H', W') in [0, 1] and the KL (B,) to the `reference` denoiser summed over the
+        (B, C, H', W') in [0, 1] and the KL (B,) to the `reference` policy
+        (`rlft.diffusion.reference`: an adapter of the same denoiser) summed over the
         stochastic steps among those (a deterministic step has no Gaussian to compare).
 
         The KL at each step is that of the two Gaussians at the same x_t (reference evaluated
@@ -250,7 +259,7 @@ class DiffusionPolicy(nn.Module):
                 step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
                 if i >= first_grad_step and reference is not None:
                     with torch.no_grad():
-                        ref_prediction = self.predict(x.detach(), t, embeds, denoiser=reference)
+                        ref_prediction = reference.predict(self, x.detach(), t, embeds)
                         ref = self.sampler.step(ref_prediction, t, x.detach(), prev_sample=step.prev_sample)
                     kl = kl + gaussian_kl_equal_std(step.mean, ref.mean, step.std, self.reduction)
             x = step.prev_sample
