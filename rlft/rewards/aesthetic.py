@@ -2,6 +2,7 @@
 embeddings (`sac+logos+ava1-l14-linearMSE.pth`). Differentiable in the images, so SEIKO can
 backpropagate through it, and its CLIP features serve as SEIKO's ensemble backbone."""
 
+import weakref
 from pathlib import Path
 
 import torch
@@ -26,6 +27,21 @@ class AestheticMLP(nn.Module):
         return self.layers(embeddings)
 
 
+# One CLIP per (model, dtype) in a process: the aesthetic reward, the evaluation's reward
+# instance and SEIKO's ensemble backbone name the same model, and at ViT-L/14 size (1.7 GB in
+# float32) each copy counts. All three keep it frozen, so sharing it changes no number.
+_LOADED_CLIPS: "weakref.WeakValueDictionary[tuple[str, str], CLIPModel]" = weakref.WeakValueDictionary()
+
+
+def shared_clip(clip_path: str, dtype: str) -> CLIPModel:
+    key = (str(clip_path), dtype)
+    clip = _LOADED_CLIPS.get(key)
+    if clip is None:
+        clip = CLIPModel.from_pretrained(clip_path, dtype=getattr(torch, dtype)).requires_grad_(False).eval()
+        _LOADED_CLIPS[key] = clip
+    return clip
+
+
 class ClipImageFeatures(nn.Module):
     """Images (B, C, H, W) in [0, 1] -> L2-normalised CLIP image embeddings (B, D), with
     CLIP's preprocessing (resize, centre crop, normalise) written in torch so that gradients
@@ -33,7 +49,7 @@ class ClipImageFeatures(nn.Module):
 
     def __init__(self, clip_path: str, dtype: str = "float32"):
         super().__init__()
-        self.clip = CLIPModel.from_pretrained(clip_path, dtype=getattr(torch, dtype)).requires_grad_(False).eval()
+        self.clip = shared_clip(clip_path, dtype)
         # The processor's settings only (its own PIL pipeline is not differentiable).
         processor, _ = ImageProcessingMixin.get_image_processor_dict(clip_path)
         size = processor["crop_size"]
