@@ -40,9 +40,12 @@ class GracefulStop(L.Callback):
 
 
 def last_checkpoint(trainer: L.Trainer) -> Path | None:
-    """The run's resume point: the checkpoint callback's `last.ckpt` (None without one)."""
+    """The run's resume point: the checkpoint callback's `last.ckpt` (None without one): its
+    save_last file, or its only file when it is named `last` (rlft's default)."""
     callback = trainer.checkpoint_callback
-    if callback is None or not callback.dirpath or not callback.save_last:
+    if callback is None or not callback.dirpath:
+        return None
+    if not callback.save_last and callback.filename != callback.CHECKPOINT_NAME_LAST:
         return None
     return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
 

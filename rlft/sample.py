@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlft.checkpoints import load_trained_policy
 from rlft.config import CONFIG_DIR, check_config_dir
 from rlft.visualize import sample_grid
 
@@ -16,9 +17,7 @@ from rlft.visualize import sample_grid
 def load_policy(cfg: DictConfig, ckpt_path: str | None = None):
     policy = instantiate(cfg.policy, **instantiate(cfg.model.load))
     if ckpt_path:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-        weights = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
-        policy.load_state_dict(weights)
+        load_trained_policy(policy, ckpt_path)
     return policy.eval()
 
 

@@ -5,6 +5,7 @@ from typing import Callable
 import lightning as L
 import torch
 
+from rlft.answers import AnswerStore
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.distributed import gather, rank_and_world, shard
@@ -26,15 +27,18 @@ class HeldOutEvaluation:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def __call__(self, policy: DiffusionPolicy, prompts: list[str], progress: bool = False, trainer: L.Trainer | None = None):
-        """-> (mean reward over all samples, and this rank's images, prompts, rewards)"""
+    def __call__(self, policy: DiffusionPolicy, prompts: list[str], progress: bool = False, trainer: L.Trainer | None = None,
+                 answers: AnswerStore | None = None, key: str = "eval"):
+        """-> (mean reward over all samples, and this rank's images, prompts, rewards).
+        `answers`/`key`: where the reward's answers are kept (a resumed run reads them back)."""
         rank, world = rank_and_world(trainer)
         everything = [p for p in prompts for _ in range(self.samples_per_prompt)]
         mine = shard(len(everything), rank, world)
         prompts = everything[mine.start : mine.stop]
         noise = sample_generators(self.seed, "eval", 0, mine, policy.device)
         images = policy.sample_batched(prompts, self.batch_size, noise, progress, desc="evaluating").images
-        rewards = torch.as_tensor(self.reward_fn(images, prompts)).float().cpu()
+        answers = answers or AnswerStore()
+        rewards = answers.ask(f"{key}/samples={mine.start}-{mine.stop}", images, prompts, self.reward_fn)
         every_reward = gather(rewards, world)
         finite = every_reward[torch.isfinite(every_reward)]  # a NaN here is counted by nobody: measure what is there
         return float(finite.mean()) if len(finite) else float("nan"), images, prompts, rewards

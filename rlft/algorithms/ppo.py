@@ -22,6 +22,8 @@ from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
+from rlft.answers import AnswerStore
+from rlft.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy, Trajectories
 from rlft.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
@@ -65,6 +67,7 @@ class PPO(L.LightningModule):
         # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
         self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer", "evaluation", "health"], logger=False)
         self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.checkpoints)
         self.policy = policy
         self.reward_fn = reward_fn
         self.optimizer_factory = optimizer
@@ -88,12 +91,14 @@ class PPO(L.LightningModule):
         self.oracle_queries = 0  # every image scored by the reward counts
         self.first_reward_mean = None  # this process's first epoch, for the closing summary
         self.epoch_steps = self.epoch_skipped_steps = 0
+        self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
 
     def setup(self, stage: str) -> None:
         # With trainer.devices=auto the number of processes is known only now.
         check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch,
                        self.train_batch_size, self.gradient_accumulation_steps)
         reseed_at_fit_start()
+        self.answers = AnswerStore.beside_checkpoints(self.trainer)
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
@@ -150,7 +155,8 @@ class PPO(L.LightningModule):
         ):
             show = self.progress and self.trainer.is_global_zero
             metrics["eval/oracle_reward"] = self.evaluation(
-                self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer
+                self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
+                self.answers, f"eval/epoch={self.current_epoch:05d}",
             )[0]
             stop_if_requested(self.trainer)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
@@ -175,7 +181,7 @@ class PPO(L.LightningModule):
                 noise = sample_generators(self.seed, "rollout", self.current_epoch, indices[chunk.start : chunk.stop], self.device)
                 part = self.policy.sample(prompts[chunk.start : chunk.stop], generator=noise)
                 parts.append(part)
-                futures.append(pool.submit(self.score, part))
+                futures.append(pool.submit(self.score, part, indices[chunk.start : chunk.stop]))
                 if not self.async_reward:
                     futures[-1].result()
             results = [future.result() for future in futures]
@@ -183,11 +189,13 @@ class PPO(L.LightningModule):
         return Trajectories.cat(parts), rewards, sum(seconds for _, seconds in results)
 
     @torch.no_grad()
-    def score(self, trajectories: Trajectories) -> tuple[torch.Tensor, float]:
-        """Rewards (B,) of one chunk and the seconds the reward took. Non-finite values are
-        returned, not raised: `training_step` counts them and keeps them out of the update."""
+    def score(self, trajectories: Trajectories, indices: range) -> tuple[torch.Tensor, float]:
+        """Rewards (B,) of one chunk (`indices`: its samples' places in the epoch) and the
+        seconds the reward took; each answer is on disk before it is used. Non-finite values
+        are returned, not raised: `training_step` counts them and keeps them out of the update."""
         t0 = time.perf_counter()
-        rewards = torch.as_tensor(self.reward_fn(trajectories.images, trajectories.prompts)).float().cpu()
+        key = f"rollout/epoch={self.current_epoch:05d}/samples={indices.start}-{indices.stop}"
+        rewards = self.answers.ask(key, trajectories.images, trajectories.prompts, self.reward_fn)
         if rewards.shape != (len(trajectories),):
             raise ValueError(f"the reward returned shape {tuple(rewards.shape)}; expected ({len(trajectories)},)")
         return rewards, time.perf_counter() - t0
@@ -276,8 +284,9 @@ class PPO(L.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Written at the end of an epoch: with these and the weights and optimizer state that
-        # Lightning stores, a resumed run continues exactly as an uninterrupted one.
+        # Written at the end of an epoch: with these and the trained weights and optimizer state,
+        # a resumed run continues exactly as an uninterrupted one.
+        keep_trained_state(self, checkpoint)
         checkpoint["rlft"] = {
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "oracle_queries": self.oracle_queries,
@@ -286,6 +295,7 @@ class PPO(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumable(self, checkpoint)
         state = checkpoint.get("rlft", {})
         if self.stat_tracker and state.get("stat_tracker"):
             self.stat_tracker.load_state_dict(state["stat_tracker"])

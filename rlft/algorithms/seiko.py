@@ -11,7 +11,6 @@ then every epoch fine-tunes the policy to maximise the aggregated ensemble rewar
 `truncation_steps` denoising steps.
 """
 
-import copy
 import logging
 import time
 from typing import Callable
@@ -24,8 +23,11 @@ from tqdm.auto import tqdm
 from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
+from rlft.answers import AnswerStore
+from rlft.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators, stream_generator
 from rlft.diffusion.policy import DiffusionPolicy
+from rlft.diffusion.reference import BaseReference, lora_layers, reference_from_state, snapshot
 from rlft.distributed import gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks
 from rlft.ensemble.bootstrap import bootstrap_counts
 from rlft.ensemble.reward_ensemble import RewardEnsemble
@@ -35,6 +37,10 @@ from rlft.validation import check_sharding
 from rlft.visualize import sample_grid
 
 log = logging.getLogger(__name__)
+
+# Checkpointed beside the policy's trainable weights: the fitted heads and their reward scale
+# (frozen between fits); never the ensemble's frozen backbone.
+ENSEMBLE_STATE = ("ensemble.heads.", "ensemble.reward_mean", "ensemble.reward_std")
 
 
 class SEIKO(L.LightningModule):
@@ -66,6 +72,7 @@ class SEIKO(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "oracle", "evaluation", "ensemble", "aggregation", "optimizer", "health"], logger=False)
         self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.checkpoints)
         self.policy = policy
         self.oracle = oracle
         self.evaluation = evaluation  # its own reward instance: measurement only, never fed back
@@ -76,7 +83,7 @@ class SEIKO(L.LightningModule):
         self.queries_per_round = list(queries_per_round)
         self.epochs_per_round = epochs_per_round
         self.health = health or NonFiniteGuard()
-        self.reference = None  # the previous round's denoiser, frozen
+        self.reference = None  # the previous round's policy (rlft.diffusion.reference: no copy of the network)
         self.oracle_queries = 0
         self.rounds_queried = 0  # rounds whose queries are in the feedback (a resumed run never repeats them)
         self.round_problems: list[str] = []  # non-finite oracle rewards of the current round
@@ -85,10 +92,12 @@ class SEIKO(L.LightningModule):
         self.first_reward_mean = None
         self.base_eval = None
         self.round_metrics: dict[str, float] = {}
+        self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
 
     def setup(self, stage: str) -> None:
         check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch)  # devices=auto: known only now
         reseed_at_fit_start()
+        self.answers = AnswerStore.beside_checkpoints(self.trainer)
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
@@ -109,7 +118,14 @@ class SEIKO(L.LightningModule):
         images = self.policy.sample_batched(
             my_prompts, self.hparams.sample_batch_size, noise, progress=show, desc=f"round {round_index}: {n} queries"
         ).images
-        rewards = gather(torch.as_tensor(self.oracle(images, my_prompts)).float(), world)
+        # Asked chunk by chunk, each answer on disk before it is used: a run that dies here
+        # resumes without paying again for what was answered.
+        size = self.hparams.sample_batch_size
+        rewards = gather(torch.cat([
+            self.answers.ask(f"query/round={round_index:03d}/samples={mine.start + i}-{mine.start + i + len(chunk)}",
+                             images[i : i + size], chunk, self.oracle)
+            for i in range(0, len(my_prompts), size) for chunk in [my_prompts[i : i + size]]
+        ]), world)
         with torch.no_grad():
             features = gather(self.ensemble.features(images), world)
         self.oracle_queries += n
@@ -172,10 +188,20 @@ class SEIKO(L.LightningModule):
             return  # resumed after this round's queries: they are in the checkpoint
         self.round_metrics = self.query_oracle(round_index)
         self.round_metrics["oracle/round"] = float(round_index)
-        self.reference = copy.deepcopy(self.policy.denoiser).requires_grad_(False)
+        self.freeze_reference(round_index)
         self.rounds_queried = round_index + 1
         self.save_round_checkpoint()
         stop_if_requested(self.trainer)
+
+    def freeze_reference(self, round_index: int) -> None:
+        """The KL reference of this round: the policy as it is now. Before any fine-tuning
+        that is the base (LoRA disabled); later a snapshot in a second adapter."""
+        if round_index == 0 and lora_layers(self.policy.denoiser):
+            self.reference = BaseReference()
+        elif hasattr(self.reference, "copy_policy"):
+            self.reference.copy_policy()
+        else:
+            self.reference = snapshot(self.policy)
 
     def save_round_checkpoint(self) -> None:
         """Oracle queries are what SEIKO pays for: checkpoint them as soon as they are in, as
@@ -229,7 +255,7 @@ class SEIKO(L.LightningModule):
             problems.append(f"{skipped}/{steps} optimizer steps had a non-finite gradient")
         self.health.end_epoch(problems)  # raises when unhealthy epochs persist
         t1 = time.perf_counter()
-        eval_reward = self.evaluate()
+        eval_reward = self.evaluate(self.current_epoch + 1)
         stop_if_requested(self.trainer)
         per_rank = {f"train/{k}": finite_mean(v) for k, v in stats.items() if k != "disagreement"}
         per_rank |= {"ensemble/disagreement": finite_mean(stats["disagreement"]),
@@ -251,16 +277,18 @@ class SEIKO(L.LightningModule):
         self.log_samples()
 
     # -- evaluation on held-out prompts ------------------------------------------------
-    def evaluate(self) -> float:
+    def evaluate(self, step: int) -> float:
+        """`step`: 0 for the base model, epoch + 1 after an epoch (the logged step)."""
         show = self.hparams.progress and self.trainer.is_global_zero
         mean, self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards = self.evaluation(
-            self.policy, self.trainer.datamodule.eval_prompts, progress=show, trainer=self.trainer
+            self.policy, self.trainer.datamodule.eval_prompts, progress=show, trainer=self.trainer,
+            answers=self.answers, key=f"eval/step={step:05d}",
         )
         return mean
 
     def on_train_start(self) -> None:
         if self.current_epoch == 0 and self.base_eval is None:
-            self.base_eval = self.evaluate()
+            self.base_eval = self.evaluate(0)
             if self.logger:
                 self.logger.log_metrics({"eval/oracle_reward": self.base_eval, "oracle/queries": 0.0}, step=0)
 
@@ -279,6 +307,7 @@ class SEIKO(L.LightningModule):
         # Written at the end of every epoch and right after each round's queries. With the
         # weights (policy and ensemble heads) and optimizer state that Lightning stores, a
         # resumed run continues exactly as an uninterrupted one, without a repeated query.
+        keep_trained_state(self, checkpoint, also=ENSEMBLE_STATE)
         checkpoint["rlft"] = {
             "oracle_queries": self.oracle_queries,
             "rounds_queried": self.rounds_queried,
@@ -293,6 +322,7 @@ class SEIKO(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumable(self, checkpoint, also=ENSEMBLE_STATE)
         state = checkpoint.get("rlft", {})
         self.oracle_queries = state.get("oracle_queries", 0)
         self.rounds_queried = state.get("rounds_queried", 0)
@@ -306,6 +336,4 @@ class SEIKO(L.LightningModule):
             set_rng_state(state["rng"])
         self.feedback_features = state.get("feedback_features")
         self.feedback_rewards = state.get("feedback_rewards")
-        if state.get("reference") is not None:
-            self.reference = copy.deepcopy(self.policy.denoiser).requires_grad_(False)
-            self.reference.load_state_dict(state["reference"])
+        self.reference = reference_from_state(self.policy, state.get("reference"))

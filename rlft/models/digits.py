@@ -97,7 +97,10 @@ def load_digits_model(path: str) -> dict:
     (model=digits_flow), and with it the sampler step the policy uses."""
     from pathlib import Path
 
-    missing = [sub for sub in ("unet", "scheduler", "text_encoder") if not (Path(path) / sub).is_dir()]
+    from rlft.models.fingerprint import base_fingerprint
+
+    parts = ("unet", "scheduler", "text_encoder")
+    missing = [sub for sub in parts if not (Path(path) / sub).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"{path!r} is not a digits model directory: missing {missing} "
@@ -107,6 +110,7 @@ def load_digits_model(path: str) -> dict:
         "denoiser": UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
         "scheduler": load_scheduler(path),
         "prompt_encoder": WordPromptEncoder.from_pretrained(path, subfolder="text_encoder"),
+        "base": base_fingerprint(path, parts, dtype="float32"),
     }
 
 

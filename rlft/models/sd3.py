@@ -16,6 +16,7 @@ from torch import nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.fingerprint import base_fingerprint
 from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -103,4 +104,6 @@ def load_sd3(
         "prompt_encoder": SD3PromptEncoder(**encoders, **tokenizers, transformer=transformer,
                                            max_sequence_length=max_sequence_length),
         "vae": vae.requires_grad_(False).eval(),
+        "base": {**base_fingerprint(pretrained, ("model_index.json", *COMPONENTS, *(T5_COMPONENTS if use_t5 else ())),
+                                     dtype, revision, variant), "use_t5": use_t5},
     }

@@ -15,6 +15,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from rlft.models.fingerprint import base_fingerprint
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -96,4 +98,5 @@ def load_stable_diffusion(
         "scheduler": scheduler,
         "prompt_encoder": ClipPromptEncoder(tokenizer, text_encoder.requires_grad_(False).eval()),
         "vae": vae.requires_grad_(False).eval(),
+        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
     }

@@ -1,0 +1,63 @@
+"""No answered reward query is paid twice: every answer is written to disk as it arrives.
+
+At real size a reward is often a paid service or a person (`reward=http`). A run resumed
+after a crash redoes the epoch in progress, and draws exactly the same images (the
+checkpoint holds every random state), so each answer is stored under a key naming where it
+was asked (phase, epoch or round, the samples' global indices) with a digest of the images
+and prompts it answered: a resumed run finds the answer and does not ask again, and an
+answer for other images (changed code or settings) is never reused.
+
+Files: `RUN/checkpoints/answers/<key>.pt`, each written to a temporary file and renamed into
+place, before the answer is used. They are small (one float per image) and are kept as the
+run's record of what the reward said.
+"""
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlft.checkpoints import atomic_save
+from rlft.preemption import last_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def digest(images: torch.Tensor, prompts: list[str]) -> str:
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update("\0".join(prompts).encode())
+    return h.hexdigest()
+
+
+class AnswerStore:
+    """`ask(key, images, prompts, reward_fn)` -> rewards (B,) float32 on the CPU, from disk
+    when this key was answered for these images, else from `reward_fn` (then stored).
+    `directory=None` stores nothing (runs without checkpoints)."""
+
+    def __init__(self, directory: str | Path | None = None):
+        self.directory = Path(directory) if directory is not None else None
+        self.reused = 0  # answers read back instead of asked (a resumed run)
+
+    def ask(self, key: str, images: torch.Tensor, prompts: list[str], reward_fn: Callable) -> torch.Tensor:
+        if self.directory is None:
+            return torch.as_tensor(reward_fn(images, prompts)).float().cpu()
+        path = self.directory / f"{key}.pt"
+        name = digest(images, prompts)
+        if path.is_file():
+            saved = torch.load(path, weights_only=True)
+            if saved["digest"] == name:
+                self.reused += len(saved["rewards"])
+                return saved["rewards"]
+            log.warning(f"{path} answers other images than this run asks about (the code or settings changed "
+                        f"since it was written); asking the reward again")
+        rewards = torch.as_tensor(reward_fn(images, prompts)).float().cpu()
+        atomic_save({"digest": name, "rewards": rewards, "prompts": list(prompts)}, path)
+        return rewards
+
+    @classmethod
+    def beside_checkpoints(cls, trainer) -> "AnswerStore":
+        last = last_checkpoint(trainer)
+        return cls(last.parent / "answers" if last is not None else None)
