@@ -39,6 +39,7 @@ from rlft.config import CONFIG_DIR, check_config_dir
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import PromptEmbeds, run_denoiser
 from rlft.diffusion.reference import snapshot
+from rlft.size_check import size_check, size_table
 
 
 def _seconds(fn) -> float:
@@ -263,9 +264,20 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def write_size_check(workdir: str) -> None:
+    """`bench.size_check=DIR`: SD1.5-size checkpoints and peak memory (rlft.size_check)."""
+    rows = size_check(workdir)
+    print(size_table(rows))
+    path = Path(HydraConfig.get().runtime.output_dir) / "size_check.json"
+    path.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {path}")
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.bench.size_check:
+        return write_size_check(cfg.bench.size_check)
     result = bench(cfg)
     if cfg.bench.memory:
         result["memory_trade"] = memory_trade(cfg)

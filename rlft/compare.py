@@ -4,7 +4,8 @@ Reads the TensorBoard event files of every job under SWEEP_DIR. A job's configur
 its directory (named by its overrides); a trailing `seed=N` directory is a seed of that
 configuration. Writes, into `--out` (default SWEEP_DIR/compare):
 - `summary.md` and `summary.csv`: per configuration and metric, the final and the best
-  (highest) value, mean ± std over seeds (sample std; 0 for one seed), and the seeds found;
+  value (the lowest for the metrics of `LOWER_IS_BETTER`, the highest otherwise), mean ± std
+  over seeds (sample std; 0 for one seed), and the seeds found;
 - `<metric>.png`: the metric against the epoch or `--x` (e.g. `oracle/queries`), one line
   per configuration (mean over the seeds that reached that point), a band of ± one std.
 Partial sweeps work: each configuration counts the seeds and points that exist.
@@ -24,6 +25,18 @@ from rlft.tensorboard import read_scalars
 from rlft.visualize import metric_curves
 
 DEFAULT_METRICS = ("reward/mean", "eval/oracle_reward")
+# The metrics whose best value is the lowest (README "Metrics" says the same): losses, KLs,
+# errors, clipped and capped fractions, non-finite counts and times. Exact tags, or prefixes
+# ending in "/".
+LOWER_IS_BETTER = (
+    "train/loss", "train/approx_kl", "train/approx_kl_first_update", "train/clipfrac", "train/clipfrac_first_update",
+    "train/kl", "train/log_ratio_absmax", "train/log_ratio_capped_frac", "ensemble/train_loss", "ensemble/val_mae",
+    "health/", "time/",
+)
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(metric == m or (m.endswith("/") and metric.startswith(m)) for m in LOWER_IS_BETTER)
 SEED_DIR = re.compile(r"seed=(\S+)")
 ITEM_SEP = re.compile(r",(?![^\[]*\])")  # commas between overrides, not inside a list value
 
@@ -95,11 +108,13 @@ def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path
             if not per_seed:
                 continue
             finals = [pts[-1][1] for pts in per_seed.values()]
-            bests = [max(v for _, v in pts) for pts in per_seed.values()]
+            best_of = min if lower_is_better(metric) else max
+            bests = [best_of(v for _, v in pts) for pts in per_seed.values()]
             (final, final_std), (best, best_std) = mean_std(finals), mean_std(bests)
             rows.append({
                 "config": labels[config], "metric": metric, "seeds": len(per_seed), "seed_names": " ".join(sorted(per_seed)),
                 "final_mean": final, "final_std": final_std, "best_mean": best, "best_std": best_std,
+                "best_is": best_of.__name__,
                 "last_x": max(pts[-1][0] for pts in per_seed.values()),
             })
             at_x = defaultdict(list)
@@ -124,10 +139,10 @@ def write_tables(rows: list[dict], out: Path, x: str | None, shared: list[str]) 
     fmt = lambda m, s: "nan" if math.isnan(m) else f"{m:.4g} ± {s:.2g}"
     lines = [
         *([f"All configurations share `{','.join(shared)}`.", ""] if shared else []),
-        f"| configuration | metric | seeds | final | best | last {x or 'epoch'} |",
+        f"| configuration | metric | seeds | final | best (max, or min where lower is better) | last {x or 'epoch'} |",
         "|---|---|---|---|---|---|",
         *(f"| `{r['config']}` | {r['metric']} | {r['seeds']} | {fmt(r['final_mean'], r['final_std'])} | "
-          f"{fmt(r['best_mean'], r['best_std'])} | {r['last_x']:g} |" for r in rows),
+          f"{fmt(r['best_mean'], r['best_std'])} ({r['best_is']}) | {r['last_x']:g} |" for r in rows),
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 

@@ -34,7 +34,7 @@ def test_table_holds_final_and_best_over_seeds(sweep):
     assert float(top["best_mean"]) == pytest.approx(-0.2)  # best values -0.3 and -0.1
     assert float(top["last_x"]) == 64
     assert float(rows["aggregation=mean"]["final_std"]) == 0  # one seed
-    assert "| `aggregation=max` | eval/oracle_reward | 2 | -0.25 ± 0.21 | -0.2 ± 0.14 | 64 |" in (
+    assert "| `aggregation=max` | eval/oracle_reward | 2 | -0.25 ± 0.21 | -0.2 ± 0.14 (max) | 64 |" in (
         sweep / "compare" / "summary.md").read_text()
     assert (sweep / "compare" / "eval_oracle_reward.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -57,3 +57,17 @@ def test_no_event_files_is_a_clear_message(tmp_path):
 def test_unknown_metric_names_what_was_logged(sweep):
     with pytest.raises(SystemExit, match=r"no run under .* logged \['reward/mean'\]; the runs logged \['eval/oracle_reward', 'oracle/queries'\]"):
         main([str(sweep), "--metric", "reward/mean"])
+
+
+def test_best_is_the_lowest_for_losses_kl_and_errors(tmp_path):
+    for seed, kl in enumerate([[0.3, 0.1, 0.2], [0.5, 0.4, 0.45]]):
+        with SummaryWriter(tmp_path / "kl_weight=0.01" / f"seed={seed}") as writer:
+            for step, value in enumerate(kl):
+                writer.add_scalar("train/kl", value, step)
+                writer.add_scalar("ensemble/val_mae", value * 10, step)
+                writer.add_scalar("eval/oracle_reward", -value, step)
+    main([str(tmp_path), "--metric", "train/kl", "--metric", "ensemble/val_mae", "--metric", "eval/oracle_reward"])
+    rows = {r["metric"]: r for r in csv.DictReader(open(tmp_path / "compare" / "summary.csv"))}
+    assert float(rows["train/kl"]["best_mean"]) == pytest.approx((0.1 + 0.4) / 2) and rows["train/kl"]["best_is"] == "min"
+    assert float(rows["ensemble/val_mae"]["best_mean"]) == pytest.approx(2.5)
+    assert float(rows["eval/oracle_reward"]["best_mean"]) == pytest.approx(-0.25)  # higher is better

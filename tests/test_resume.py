@@ -97,3 +97,40 @@ def test_seiko_interrupted_mid_round_and_mid_query_resumes_exactly(model_dir, tm
     oracle_calls = [n for _, n in calls(log) if n != EVAL_IMAGES]
     assert oracle_calls == [8, 16], f"the oracle was asked {oracle_calls}: a paid query was repeated"
     assert len({pid for pid, _ in calls(log)}) == 2
+
+
+def images_seen(log: Path, leave_out: int = EVAL_IMAGES) -> list[str]:
+    """Digests of the images the reward saw, evaluation calls left out."""
+    lines = [line.split() for line in Path(f"{log}.images").read_text().splitlines()]
+    return [digest for n, digest in lines if int(n) != leave_out]
+
+
+def test_ppo_killed_mid_epoch_pays_for_no_answer_twice(model_dir, tmp_path):
+    """SIGKILL (no handler runs) as the second chunk of epoch 1 arrives at the reward: the
+    first chunk's answer is on disk, and the resumed run reads it back instead of asking."""
+    common = [f"model.pretrained={model_dir}", *PPO_RUN]
+    rlft(tmp_path / "reference", tmp_path / "reference.log", *common)
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    rlft(run, log, *common, "+reward.at_call=4", "+reward.batch_size=4", "+reward.signum=SIGKILL",
+         "+reward.before=true", expect=-signal.SIGKILL)
+    assert len(images_seen(log)) == 12  # epoch 0's 8 and epoch 1's first 4
+    rlft(run, log, *common)
+    seen = images_seen(log)
+    assert len(seen) == len(set(seen)) == len(images_seen(tmp_path / "reference.log")) == 24, "an image was scored twice"
+    assert_same_run(tmp_path / "reference", run)
+
+
+def test_seiko_killed_between_the_oracles_answers_and_the_round_checkpoint_asks_nothing_twice(model_dir, tmp_path):
+    """Round 1's 16 queries in 2 chunks of 8: SIGKILL as the second arrives, before the round's
+    checkpoint. The resumed run reuses the first chunk's answers and asks only for the second."""
+    common = [f"model.pretrained={model_dir}", *SEIKO_RUN, "algorithm.module.sample_batch_size=8"]
+    rlft(tmp_path / "reference", tmp_path / "reference.log", *common)
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    # calls of 8: round 0's one chunk, then round 1's first (answered) and second (killed).
+    rlft(run, log, *common, "+reward.at_call=3", "+reward.batch_size=8", "+reward.signum=SIGKILL",
+         "+reward.before=true", expect=-signal.SIGKILL)
+    rlft(run, log, *common)
+    seen = images_seen(log)
+    assert len(seen) == len(set(seen)) == 24, "a query was paid for twice"
+    assert [n for _, n in calls(log) if n != EVAL_IMAGES] == [8, 8, 8]
+    assert_same_run(tmp_path / "reference", run)
