@@ -4,21 +4,16 @@ real `from_pretrained` loading code runs without downloading anything."""
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPImageProcessor, CLIPModel, CLIPConfig, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
+from rlft.models.random_sd15 import character_tokenizer, save_sd_pipeline
 from rlft.rewards.aesthetic import AestheticMLP
 
 
 def tiny_tokenizer(max_length: int = 16) -> CLIPTokenizer:
     """Character-level BPE vocabulary (no merges): every lowercase word is encodable."""
-    vocab = {}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    return character_tokenizer(max_length)
 
 
 def save_tiny_sd(path: Path) -> Path:
@@ -40,15 +35,7 @@ def save_tiny_sd(path: Path) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
         sample_size=64,
     )
-    # SD ships a PNDM scheduler config; rlft reads it into DDIM, as DDPO does.
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                              steps_offset=1, set_alpha_to_one=False)
-    pipeline = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(path)
-    return path
+    return save_sd_pipeline(path, unet, vae, text_encoder, tokenizer)
 
 
 def save_tiny_clip(path: Path, projection_dim: int = 8) -> Path:

@@ -49,6 +49,12 @@ def save_random_sd15(path: Path, seed: int = 0) -> Path:
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
     )
+    return save_sd_pipeline(path, unet, vae, text_encoder, tokenizer)
+
+
+def save_sd_pipeline(path: Path, unet, vae, text_encoder, tokenizer) -> Path:
+    """A StableDiffusionPipeline directory of these components, with SD's PNDM scheduler config
+    (rlft reads it into DDIM, as DDPO does)."""
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                               steps_offset=1, set_alpha_to_one=False)
     pipeline = StableDiffusionPipeline(
