@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rlft.checkpoints import atomic_save
+from rlft.models.fingerprint import base_fingerprint, same_base
 from rlft.train import build, resume_path
 from rlft.validation import ConfigError
 from tests.conftest import save_tiny_model
@@ -63,6 +64,20 @@ def test_seiko_checkpoints_its_heads_and_reference_adapter_but_not_the_backbone(
     assert {k for k in keys if k.startswith("policy.")} == {
         f"policy.{n}" for n, p in module.policy.named_parameters() if p.requires_grad}
     assert state["rlft"]["reference"]["kind"] == "adapter" and state["rlft"]["reference"]["weights"]
+
+
+def test_the_same_base_is_its_files_and_dtype_wherever_it_lies(model_dir, tmp_path):
+    parts = ("unet", "scheduler", "text_encoder")
+    here = base_fingerprint(model_dir, parts, "float32")
+    moved = tmp_path / "moved"
+    shutil.copytree(model_dir, moved)
+    (moved / "unet" / "notes.txt").write_text("")  # a file inside a component is part of the model
+    assert same_base(here, base_fingerprint(model_dir, parts, "float32"))
+    assert not same_base(here, base_fingerprint(model_dir, parts, "bfloat16"))
+    assert not same_base(here, base_fingerprint(moved, parts, "float32"))
+    (moved / "unet" / "notes.txt").unlink()
+    (moved / "outputs").mkdir()  # a run directory beside the components is not
+    assert same_base(here, base_fingerprint(moved, parts, "float32"))
 
 
 def refused(overrides, run: Path) -> str:
@@ -115,6 +130,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path):
     script = f"""
 import os, signal, torch
 from rlft.checkpoints import atomic_save
+from rlft.models.fingerprint import base_fingerprint, same_base
 class Bomb:
     def __reduce__(self):
         os.kill(os.getpid(), signal.SIGKILL)
