@@ -120,12 +120,12 @@ class SEIKO(L.LightningModule):
         ).images
         # Asked chunk by chunk, each answer on disk before it is used: a run that dies here
         # resumes without paying again for what was answered.
-        size = self.hparams.sample_batch_size
-        rewards = gather(torch.cat([
-            self.answers.ask(f"query/round={round_index:03d}/samples={mine.start + i}-{mine.start + i + len(chunk)}",
-                             images[i : i + size], chunk, self.oracle)
-            for i in range(0, len(my_prompts), size) for chunk in [my_prompts[i : i + size]]
-        ]), world)
+        size, answers = self.hparams.sample_batch_size, []
+        for i in range(0, len(my_prompts), size):
+            chunk = my_prompts[i : i + size]
+            key = f"query/round={round_index:03d}/samples={mine.start + i}-{mine.start + i + len(chunk)}"
+            answers.append(self.answers.ask(key, images[i : i + size], chunk, self.oracle))
+        rewards = gather(torch.cat(answers), world)
         with torch.no_grad():
             features = gather(self.ensemble.features(images), world)
         self.oracle_queries += n
