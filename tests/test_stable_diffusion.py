@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlft.models.stable_diffusion import load_stable_diffusion
-from rlft.rewards.aesthetic import AestheticScore
+from rlft.rewards.aesthetic import AestheticScore, ClipImageFeatures
 from tests.test_end_to_end import run_rlft
 from tests.tiny_sd import save_tiny_aesthetic_head, save_tiny_clip, save_tiny_sd
 
@@ -95,3 +95,17 @@ def test_loaded_components_are_frozen_and_lora_is_float32(assets):
     trainable = policy.trainable_parameters()
     assert trainable and all(p.dtype == torch.float32 and "lora" in n for n, p in policy.denoiser.named_parameters() if p.requires_grad)
     assert policy.denoiser.conv_in.weight.dtype == torch.bfloat16
+
+
+def test_the_reward_its_evaluation_copy_and_the_ensemble_backbone_share_one_clip(assets):
+    """Three instances, as SEIKO's config builds them (oracle, evaluation reward, backbone)."""
+    from rlft.train import build
+    from tests.test_config import compose_cfg
+
+    cfg = compose_cfg([*sd_overrides(assets), "algorithm=seiko", "algorithm.truncation_steps=1"])
+    module, _, _ = build(cfg)
+    clips = {id(module.oracle.backbone.clip), id(module.evaluation.reward_fn.backbone.clip),
+             id(module.ensemble.backbone.clip)}
+    assert len(clips) == 1
+    other_dtype = ClipImageFeatures(str(assets["clip"]), "bfloat16")
+    assert id(other_dtype.clip) not in clips  # another dtype is another model
