@@ -48,3 +48,22 @@ class PerPromptStatTracker:
         self.buffers.clear()
         for prompt, values in state["buffers"].items():
             self.buffers[prompt].extend(values)
+
+
+def group_normalized(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, std_normalize: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages: the batch is groups of `group_size` consecutive samples of one prompt,
+    and each reward is compared with its group's, `(r - mean_group) / (std_group + eps)`
+    (population std, eps as Flow-GRPO; `std_normalize=False`: `r - mean_group`, as Dr. GRPO).
+    Only `valid` (finite) rewards enter a group's statistics; invalid ones get 0. (B,) -> (B,)."""
+    if len(rewards) % group_size:
+        raise ValueError(f"{len(rewards)} rewards do not split into groups of {group_size}")
+    r = torch.where(valid, rewards.detach().float(), 0.0).view(-1, group_size)
+    ok = valid.view(-1, group_size).float()
+    count = ok.sum(1, keepdim=True).clamp(min=1)
+    mean = (r * ok).sum(1, keepdim=True) / count
+    centred = (r - mean) * ok
+    if std_normalize:
+        std = (centred.pow(2).sum(1, keepdim=True) / count).sqrt()
+        centred = centred / (std + eps)
+    return centred.view(-1)

@@ -24,23 +24,34 @@ class EpochSampler(RandomSampler):
 
 
 class PromptDataModule(L.LightningDataModule):
-    def __init__(self, train: list[str], eval: list[str] | None = None, samples_per_epoch: int = 64, seed: int = 0):
+    """`group_size` > 1 (GRPO): an epoch draws samples_per_epoch / group_size prompts and repeats
+    each group_size times, consecutively (a group)."""
+
+    def __init__(self, train: list[str], eval: list[str] | None = None, samples_per_epoch: int = 64, seed: int = 0,
+                 group_size: int = 1):
         super().__init__()
         if not train:
             raise ValueError("the training prompt set is empty")
+        if group_size < 1 or samples_per_epoch % group_size:
+            raise ValueError(f"data.samples_per_epoch={samples_per_epoch} must be a multiple of group_size={group_size}")
         self.save_hyperparameters(logger=False)  # train() logs the whole Hydra config
         self.train_prompts = list(train)
         self.eval_prompts = list(eval or train)
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
+        self.group_size = group_size
 
     def train_dataloader(self) -> DataLoader:
         # One batch per epoch: the whole epoch's prompts, sampled in chunks by the module.
         # Its own generator: without one, every new iterator draws a seed from the global RNG.
+        groups = self.samples_per_epoch // self.group_size
         return DataLoader(
             self.train_prompts,
-            batch_size=self.samples_per_epoch,
-            sampler=EpochSampler(len(self.train_prompts), self.samples_per_epoch, self.seed),
-            collate_fn=list,
+            batch_size=groups,
+            sampler=EpochSampler(len(self.train_prompts), groups, self.seed),
+            collate_fn=list if self.group_size == 1 else self.repeat_groups,
             generator=torch.Generator(),
         )
+
+    def repeat_groups(self, prompts: list[str]) -> list[str]:
+        return [p for p in prompts for _ in range(self.group_size)]

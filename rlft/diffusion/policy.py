@@ -16,7 +16,7 @@ from peft import LoraConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlft.diffusion.gaussian import gaussian_kl_equal_std
+from rlft.diffusion.gaussian import GaussianStep, gaussian_kl_equal_std
 from rlft.diffusion.samplers import make_sampler
 
 
@@ -72,6 +72,7 @@ class Trajectories:
     log_probs: torch.Tensor  # (B, T)
     timesteps: torch.Tensor  # (B, T)
     images: torch.Tensor  # (B, C, H', W') in [0, 1]
+    final_latents: torch.Tensor  # (B, C, H, W): the clean sample x_0 that `images` decode (DiffusionNFT trains on it)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -83,7 +84,7 @@ class Trajectories:
             prompt_embeds=PromptEmbeds.cat([part.prompt_embeds for part in parts]),
             **{
                 name: torch.cat([getattr(part, name) for part in parts])
-                for name in ("latents", "next_latents", "log_probs", "timesteps", "images")
+                for name in ("latents", "next_latents", "log_probs", "timesteps", "images", "final_latents")
             },
         )
 
@@ -222,6 +223,7 @@ class DiffusionPolicy(nn.Module):
             log_probs=torch.stack(log_probs, dim=1),
             timesteps=torch.stack(stochastic).unsqueeze(0).expand(len(prompts), -1),
             images=self.decode(x),
+            final_latents=x,
         )
 
     def sample_with_grad(
@@ -283,8 +285,21 @@ class DiffusionPolicy(nn.Module):
         self, latents: torch.Tensor, next_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds
     ) -> torch.Tensor:
         """Log-probability (B,) of stored transitions under the current weights, with grad."""
-        prediction = self.predict(latents, timesteps, prompt_embeds)
-        return self.sampler.step(prediction, timesteps, latents, prev_sample=next_latents, reduction=self.reduction).log_prob
+        return self.transition(latents, next_latents, timesteps, prompt_embeds).log_prob
+
+    def transition(
+        self, latents: torch.Tensor, next_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds,
+        reference=None,
+    ) -> GaussianStep:
+        """The Gaussian of stored transitions (its mean, std and the log-probability of
+        `next_latents`) under the current weights with grad, or under a `reference`
+        (`rlft.diffusion.reference`) without."""
+        if reference is None:
+            prediction = self.predict(latents, timesteps, prompt_embeds)
+        else:
+            with torch.no_grad():
+                prediction = reference.predict(self, latents, timesteps, prompt_embeds)
+        return self.sampler.step(prediction, timesteps, latents, prev_sample=next_latents, reduction=self.reduction)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents -> images in [0, 1]."""

@@ -125,3 +125,9 @@ def reference_from_state(policy, state: dict | None):
     reference = snapshot(policy)
     reference.load_state_dict(state)
     return reference
+
+
+def base_reference(policy):
+    """The frozen base as a reference, taken before any training: with LoRA the policy with
+    its adapter disabled (no copy); under full fine-tuning a snapshot of the untrained weights."""
+    return BaseReference() if lora_layers(policy.denoiser) else WeightsReference(policy)

@@ -1,0 +1,337 @@
+"""What every sampling-based algorithm shares, as one LightningModule with manual optimization:
+sample -> score -> advantages -> update, with logging, evaluation, checkpoints and resume.
+
+One Lightning epoch is one RL epoch: the dataloader yields that epoch's prompts, and
+`training_step` samples trajectories without gradients, scores them (each answer on disk
+before it is used), turns rewards into advantages, and runs `num_inner_epochs` of updates over
+shuffled trajectories and, per trajectory, shuffled timesteps. An algorithm is what it puts in
+`loss` (one micro-batch at one timestep per trajectory) and, where it differs, `advantages`:
+PPO (`rlft.algorithms.ppo`), GRPO, DDPO-SF, RWR, DiffusionNFT.
+"""
+
+import logging
+import math
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import lightning as L
+import torch
+from tqdm.auto import tqdm
+
+from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, group_normalized
+from rlft.algorithms.evaluation import HeldOutEvaluation
+from rlft.algorithms.health import NonFiniteGuard, finite_mean
+from rlft.algorithms.optimizer_step import clipped_step
+from rlft.answers import AnswerStore
+from rlft.checkpoints import check_resumable, keep_trained_state
+from rlft.diffusion.noise import sample_generators
+from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds, Trajectories
+from rlft.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
+from rlft.preemption import stop_if_requested
+from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
+from rlft.validation import check_sharding
+from rlft.visualize import sample_grid
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of stored transitions at one trained timestep per trajectory: what an
+    algorithm's `loss` sees. (b, ...) each; `final_latents` are the samples' clean latents."""
+
+    latents: torch.Tensor  # x_t
+    next_latents: torch.Tensor  # x_t' (the sampled step)
+    timesteps: torch.Tensor  # (b,)
+    old_log_probs: torch.Tensor  # (b,) at sampling time
+    embeds: PromptEmbeds
+    advantages: torch.Tensor  # (b,): advantages, or RWR's weights
+    final_latents: torch.Tensor
+
+
+class OnlineRL(L.LightningModule):
+    """The shared pipeline; subclasses define `loss` (and may change `advantages`,
+    `accumulation_window`, `update`). Its arguments are every algorithm's."""
+
+    summary_metric = "reward/mean"  # what train() reports and the HParams tab shows
+    first_update_stats: tuple[str, ...] = ()  # loss stats also reported over the first optimizer step only
+    max_stats: tuple[str, ...] = ()  # loss stats reported as a maximum (others: a mean)
+    def __init__(
+        self,
+        policy: DiffusionPolicy,
+        reward_fn: Callable,
+        optimizer: Callable,
+        sample_batch_size: int = 32,
+        train_batch_size: int = 16,
+        gradient_accumulation_steps: int = 1,
+        num_inner_epochs: int = 1,
+        timestep_fraction: float = 1.0,
+        adv_clip_max: float = 5.0,
+        max_grad_norm: float = 1.0,
+        per_prompt_stat_tracking: bool = True,
+        group_size: int = 1,
+        std_normalize: bool = True,
+        stat_buffer_size: int = 32,
+        stat_min_count: int = 16,
+        log_images_every_n_epochs: int = 5,
+        evaluation: HeldOutEvaluation | None = None,
+        eval_every_n_epochs: int = 5,
+        async_reward: bool = True,
+        health: NonFiniteGuard | None = None,
+        progress: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
+        self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer", "evaluation", "health"], logger=False)
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.checkpoints)
+        self.policy = policy
+        self.reward_fn = reward_fn
+        self.optimizer_factory = optimizer
+        self.sample_batch_size = sample_batch_size
+        self.train_batch_size = train_batch_size
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.num_inner_epochs = num_inner_epochs
+        self.timestep_fraction = timestep_fraction
+        self.adv_clip_max = adv_clip_max
+        self.max_grad_norm = max_grad_norm
+        # group_size > 1: each prompt is sampled group_size times (data.group_size) and rewards are
+        # compared within their group (GRPO); else with the prompt's running statistics (DDPO).
+        self.group_size = group_size
+        self.std_normalize = std_normalize
+        tracked = per_prompt_stat_tracking and group_size == 1
+        self.stat_tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if tracked else None
+        self.log_images_every_n_epochs = log_images_every_n_epochs
+        self.evaluation = evaluation
+        self.eval_every_n_epochs = eval_every_n_epochs
+        self.async_reward = async_reward
+        self.health = health or NonFiniteGuard()
+        self.progress = progress
+        self.seed = seed  # names each sample's noise with the epoch and the sample's index
+        self.oracle_queries = 0  # every image scored by the reward counts
+        self.first_reward_mean = None  # this process's first epoch, for the closing summary
+        self.epoch_steps = self.epoch_skipped_steps = 0
+        self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
+
+    def setup(self, stage: str) -> None:
+        # With trainer.devices=auto the number of processes is known only now.
+        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch,
+                       self.train_batch_size, self.gradient_accumulation_steps)
+        reseed_at_fit_start()
+        self.answers = AnswerStore.beside_checkpoints(self.trainer)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.policy.trainable_parameters())
+
+    # -- one RL epoch --------------------------------------------------------------------
+    def training_step(self, prompts: list[str], batch_idx: int):
+        """`prompts`: the epoch's global batch. Under DDP each rank samples and trains on its
+        contiguous shard; rewards are gathered, so advantages and the per-prompt statistics
+        are those of the global batch, the same on every rank."""
+        t0 = time.perf_counter()
+        rank, world = rank_and_world(self.trainer)
+        mine = shard(len(prompts), rank, world)
+        trajectories, local_rewards, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
+        rewards = gather(local_rewards, world)  # (B,) in global order
+        self.oracle_queries += len(rewards)
+        t1 = time.perf_counter()
+        valid = torch.isfinite(rewards)
+        bad = int((~valid).sum())
+        self.health.count("nonfinite_rewards", bad)
+        problems = []
+        if bad:
+            examples = [prompts[i] for i in (~valid).nonzero()[:3, 0]]
+            message = f"the reward returned {bad}/{len(rewards)} non-finite values (prompts {examples})"
+            log.warning(f"epoch {self.current_epoch}: {message}; those samples get no advantage")
+            if self.health.too_many(bad, len(rewards)):
+                problems.append(message)
+        train_stats = {}
+        if problems:
+            log.warning(f"epoch {self.current_epoch}: update skipped")
+        elif valid.any():
+            advantages = self.advantages(prompts, rewards, valid)
+            train_stats = {"rollout/advantage_absmean": advantages[valid].abs().mean(),
+                           **self.update(trajectories, advantages[mine.start : mine.stop].to(self.device))}
+            if self.health.too_many(self.epoch_skipped_steps, self.epoch_steps):
+                problems.append(f"{self.epoch_skipped_steps}/{self.epoch_steps} optimizer steps had a non-finite gradient")
+        self.health.end_epoch(problems)  # raises when unhealthy epochs persist
+        stop_if_requested(self.trainer)
+        t2 = time.perf_counter()
+
+        finite = rewards[valid] if valid.any() else torch.full((1,), float("nan"))
+        metrics = {
+            "reward/mean": finite.mean(),
+            "reward/std": finite.std(unbiased=False),
+            "reward/min": finite.min(),
+            "reward/max": finite.max(),
+            "rollout/log_prob_mean": gather(trajectories.log_probs.mean(1), world).mean(),
+            "oracle/queries": float(self.oracle_queries),
+            **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1}, world),
+            **train_stats,
+            **self.health.metrics(),
+        }
+        if self.evaluation is not None and self.eval_every_n_epochs and (
+            (self.current_epoch + 1) % self.eval_every_n_epochs == 0 or self.current_epoch == self.trainer.max_epochs - 1
+        ):
+            show = self.progress and self.trainer.is_global_zero
+            metrics["eval/oracle_reward"] = self.evaluation(
+                self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
+                self.answers, f"eval/epoch={self.current_epoch:05d}",
+            )[0]
+            stop_if_requested(self.trainer)
+        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
+        if self.first_reward_mean is None:
+            self.first_reward_mean = float(finite.mean())
+        self.log("reward", float(finite.mean()), prog_bar=True, logger=False)
+        self.log_samples(trajectories, local_rewards)
+
+    def sample_and_score(self, prompts: list[str], indices: range) -> tuple[Trajectories, torch.Tensor, float]:
+        """Sample in chunks of `sample_batch_size`; with `async_reward` each chunk is scored
+        in a worker thread while the next one samples (as ddpo-pytorch does), which hides a
+        slow reward (JPEG encoding, a remote service) behind UNet compute. `indices`: the
+        prompts' places in the epoch's global batch, which name each sample's noise.
+        -> (trajectories, rewards (B,) possibly non-finite, seconds spent in the reward)"""
+        show = self.progress and self.trainer.is_global_zero
+        parts, futures = [], []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward") as pool:
+            for start in tqdm(range(0, len(prompts), self.sample_batch_size), desc="sampling", leave=False,
+                              disable=None if show else True):
+                stop_if_requested(self.trainer)
+                chunk = range(start, min(start + self.sample_batch_size, len(prompts)))
+                noise = sample_generators(self.seed, "rollout", self.current_epoch, indices[chunk.start : chunk.stop], self.device)
+                part = self.policy.sample(prompts[chunk.start : chunk.stop], generator=noise)
+                parts.append(part)
+                futures.append(pool.submit(self.score, part, indices[chunk.start : chunk.stop]))
+                if not self.async_reward:
+                    futures[-1].result()
+            results = [future.result() for future in futures]
+        rewards = torch.cat([r for r, _ in results])
+        return Trajectories.cat(parts), rewards, sum(seconds for _, seconds in results)
+
+    @torch.no_grad()
+    def score(self, trajectories: Trajectories, indices: range) -> tuple[torch.Tensor, float]:
+        """Rewards (B,) of one chunk (`indices`: its samples' places in the epoch) and the
+        seconds the reward took; each answer is on disk before it is used. Non-finite values
+        are returned, not raised: `training_step` counts them and keeps them out of the update."""
+        t0 = time.perf_counter()
+        key = f"rollout/epoch={self.current_epoch:05d}/samples={indices.start}-{indices.stop}"
+        rewards = self.answers.ask(key, trajectories.images, trajectories.prompts, self.reward_fn)
+        if rewards.shape != (len(trajectories),):
+            raise ValueError(f"the reward returned shape {tuple(rewards.shape)}; expected ({len(trajectories)},)")
+        return rewards, time.perf_counter() - t0
+
+    def advantages(self, prompts: list[str], rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Advantages (B,) in [-adv_clip_max, adv_clip_max]; samples whose reward is not finite
+        get 0 (no gradient) and stay out of the statistics."""
+        out = torch.zeros_like(rewards)
+        if self.group_size > 1:
+            out[valid] = group_normalized(rewards, valid, self.group_size, self.std_normalize)[valid]
+        else:
+            kept = [p for p, ok in zip(prompts, valid.tolist()) if ok]
+            out[valid] = self.stat_tracker.update(kept, rewards[valid]) if self.stat_tracker else batch_normalized(rewards[valid])
+        return out.clamp(-self.adv_clip_max, self.adv_clip_max)
+
+    def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The algorithm: a scalar loss with gradient, and detached statistics (logged as train/<name>)."""
+        raise NotImplementedError
+
+    def accumulation_window(self, batch: int, train_steps: int) -> int:
+        """Backward passes per optimizer step: `gradient_accumulation_steps` micro-batches, each
+        with one pass per trained timestep."""
+        return self.gradient_accumulation_steps * train_steps
+
+    def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
+        """`num_inner_epochs` over the batch; one optimiser step per `accumulation_window`
+        backward passes, one pass per micro-batch and trained timestep."""
+        optimizer = self.optimizers()
+        batch, num_steps = traj.log_probs.shape
+        train_steps = max(1, int(num_steps * self.timestep_fraction))
+        window = self.accumulation_window(batch, train_steps)
+        stats, first_update = defaultdict(list), defaultdict(list)
+        show = self.progress and self.trainer.is_global_zero
+        passes = 0
+        self.epoch_steps = self.epoch_skipped_steps = 0
+        bar = tqdm(
+            total=self.num_inner_epochs * math.ceil(batch / self.train_batch_size) * train_steps,
+            desc="training", leave=False, disable=None if show else True,
+        )
+        for _ in range(self.num_inner_epochs):
+            rows = torch.randperm(batch, device=self.device)
+            # Each trajectory gets its own order of timesteps; the first `train_steps` are trained.
+            order = torch.argsort(torch.rand(batch, num_steps, device=self.device), dim=1)[:, :train_steps]
+            pick = lambda x: x[rows][torch.arange(batch, device=self.device)[:, None], order]  # (B, T, ...) -> (B, train_steps, ...)
+            latents, next_latents = pick(traj.latents), pick(traj.next_latents)
+            old_log_probs, timesteps = pick(traj.log_probs), pick(traj.timesteps)
+            embeds, adv, final = traj.prompt_embeds[rows], advantages[rows], traj.final_latents[rows]
+            for start in range(0, batch, self.train_batch_size):
+                stop_if_requested(self.trainer)
+                mb = slice(start, start + self.train_batch_size)
+                for j in range(train_steps):
+                    loss, step_stats = self.loss(MicroBatch(latents[mb, j], next_latents[mb, j], timesteps[mb, j],
+                                                            old_log_probs[mb, j], embeds[mb], adv[mb], final[mb]))
+                    passes += 1
+                    with grad_sync(self.trainer, sync=passes % window == 0):  # DDP: one all-reduce per step
+                        self.manual_backward(loss / window)
+                    record = {"loss": loss.detach(), **step_stats}
+                    for k, v in record.items():
+                        stats[k].append(v)
+                        if passes <= window:  # weights still those that sampled the batch
+                            first_update[k].append(v)
+                    if passes % window == 0:
+                        stats["grad_norm"].append(self.optimizer_step(optimizer))
+                    bar.update()
+        bar.close()
+        # Means (the maximum for `max_stats`) over this rank's passes, then over the ranks.
+        out = {f"train/{k}": torch.stack(values).float().max() if k in self.max_stats else finite_mean(values)
+               for k, values in stats.items()}
+        for k in self.first_update_stats:
+            out[f"train/{k}_first_update"] = finite_mean(first_update[k])
+        out = mean_over_ranks(out, self.trainer.world_size, max_keys=tuple(f"train/{k}" for k in self.max_stats))
+        # A non-finite loss gives a non-finite gradient, so its window's step was skipped.
+        nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
+        self.health.count("nonfinite_losses", sum_over_ranks(nonfinite, self.trainer.world_size))
+        return out
+
+    def optimizer_step(self, optimizer) -> torch.Tensor:
+        grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.max_grad_norm)
+        self.epoch_steps += 1
+        self.epoch_skipped_steps += not stepped
+        self.health.count("skipped_steps", not stepped)
+        return grad_norm
+
+    def log_samples(self, traj: Trajectories, rewards: torch.Tensor) -> None:
+        every = self.log_images_every_n_epochs
+        last_epoch = self.current_epoch == self.trainer.max_epochs - 1
+        if not every or (self.current_epoch % every and not last_epoch):
+            return
+        if not self.trainer.is_global_zero or self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
+            return  # rank 0 shows its shard
+        self.logger.experiment.add_figure("samples", sample_grid(traj.images, traj.prompts, rewards), self.current_epoch)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Written at the end of an epoch: with these and the trained weights and optimizer state,
+        # a resumed run continues exactly as an uninterrupted one.
+        keep_trained_state(self, checkpoint)
+        checkpoint["rlft"] = {
+            "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
+            "oracle_queries": self.oracle_queries,
+            "health": self.health.state_dict(),
+            "rng": get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumable(self, checkpoint)
+        state = checkpoint.get("rlft", {})
+        if self.stat_tracker and state.get("stat_tracker"):
+            self.stat_tracker.load_state_dict(state["stat_tracker"])
+        self.oracle_queries = state.get("oracle_queries", 0)
+        if "health" in state:
+            self.health.load_state_dict(state["health"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
