@@ -9,6 +9,9 @@ from omegaconf import DictConfig, ListConfig
 
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 
+ONLINE_ALGORITHMS = ("ppo", "grpo", "ddpo_sf", "rwr", "nft")  # rlft.algorithms.pipeline
+RWR_WEIGHTINGS = ("exp", "sparse")
+
 
 class ConfigError(ValueError):
     pass
@@ -124,17 +127,39 @@ def validate(cfg: DictConfig) -> None:
     where = lambda key: f"algorithm.{key}" if key in a else f"algorithm.module.{key}"
     _check(m.sample_batch_size >= 1, where("sample_batch_size"), m.sample_batch_size, "must be >= 1")
     _check(m.max_grad_norm > 0, where("max_grad_norm"), m.max_grad_norm, "must be > 0")
-    if a.name == "ppo":
+    if a.name in ONLINE_ALGORITHMS:
         d = cfg.data
-        _check(0 < a.clip_range < 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1)")
+        if "clip_range" in a:
+            _check(0 < a.clip_range < 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1)")
+        if "max_log_ratio" in a:
+            _check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
         _check(0 < a.timestep_fraction <= 1, "algorithm.timestep_fraction", a.timestep_fraction, "must be in (0, 1]")
         _check(a.adv_clip_max > 0, "algorithm.adv_clip_max", a.adv_clip_max, "must be > 0")
-        _check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
-        _check(a.num_inner_epochs >= 1, "algorithm.num_inner_epochs", a.num_inner_epochs, "must be >= 1")
-        check_sharding(world_size(t) or 1, d.samples_per_epoch, a.train_batch_size, a.gradient_accumulation_steps)
+        _check(a.get("num_inner_epochs", 1) >= 1, "algorithm.num_inner_epochs", a.get("num_inner_epochs"), "must be >= 1")
+        check_sharding(world_size(t) or 1, d.samples_per_epoch, a.train_batch_size, a.get("gradient_accumulation_steps", 1))
         _check(a.stat_buffer_size >= 1, "algorithm.stat_buffer_size", a.stat_buffer_size, "must be >= 1")
         _check(a.stat_min_count <= a.stat_buffer_size, "algorithm.stat_min_count", a.stat_min_count,
                f"must be <= algorithm.stat_buffer_size={a.stat_buffer_size}")
+        if "group_size" in a:
+            _check(isinstance(a.group_size, int) and a.group_size >= 2, "algorithm.group_size", a.group_size,
+                   f"must be an integer >= 2: algorithm={a.name} compares each sample with the others of its prompt's group")
+            _check(d.samples_per_epoch % a.group_size == 0, "data.samples_per_epoch", d.samples_per_epoch,
+                   f"must be a multiple of algorithm.group_size={a.group_size} (whole groups of one prompt each)")
+        if "kl_weight" in a:
+            _check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0 (0: no KL term)")
+        if a.name == "rwr":
+            _check(a.weighting in RWR_WEIGHTINGS, "algorithm.weighting", a.weighting, f"must be one of {list(RWR_WEIGHTINGS)}")
+            _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0: the temperature of w = exp(A / beta)")
+            _check(0 < a.quantile <= 1, "algorithm.quantile", a.quantile, "must be in (0, 1]: the share of the batch kept")
+        if a.name == "nft":
+            family = cfg.model.get("family", "ddim")
+            _check(family == "flow", "algorithm", a.name,
+                   f"DiffusionNFT trains rectified-flow models (model.family=flow) on their forward process, and "
+                   f"model={cfg.model.name} is a {family} model: use model=digits_flow (or sd3, sd35_medium, "
+                   f"sd35_large), or algorithm=ppo, grpo, ddpo_sf, rwr or seiko on this model")
+            _check(p.guidance_scale == 1, "policy.guidance_scale", p.guidance_scale,
+                   "must be 1 for algorithm=nft: DiffusionNFT is CFG-free, it trains and samples the conditional velocity")
+            _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0 (the public code's default is 1)")
 
     if a.name == "seiko":
         check_sharding(world_size(t) or 1, cfg.data.samples_per_epoch)

@@ -42,8 +42,15 @@ def test_groups_are_not_empty():
 @pytest.mark.parametrize("algorithm", GROUPS["algorithm"])
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_every_option_composes_resolves_and_validates(group, option, algorithm):
-    cfg = compose_cfg([f"algorithm={algorithm}", f"{group}={option}", *REQUIRED.get(option, [])])
+    # DiffusionNFT: a flow model, sampled without guidance; on a DDIM model it must be refused.
+    chosen = option if group == "algorithm" else algorithm
+    needs = (["model=digits_flow"] if group != "model" else []) + ["model.guidance_scale=1"] if chosen == "nft" else []
+    cfg = compose_cfg([f"algorithm={algorithm}", *needs, f"{group}={option}", *REQUIRED.get(option, [])])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves, as train() logs them all
+    if chosen == "nft" and cfg.model.get("family", "ddim") != "flow":
+        with pytest.raises(ConfigError, match="DiffusionNFT trains rectified-flow models"):
+            validate(cfg)
+        return
     validate(cfg)
 
 

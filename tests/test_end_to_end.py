@@ -121,7 +121,7 @@ def test_pretrain_commands_write_loadable_models(tmp_path):
 
 def test_help_lists_groups_and_options(tmp_path):
     out = run_rlft("--help", cwd=tmp_path).stdout
-    for line in ("algorithm: ppo, seiko", "reduction: mean, sum", "reward: aesthetic, compressibility, digit_alignment, http, incompressibility"):
+    for line in ("algorithm: ddpo_sf, grpo, nft, ppo, rwr, seiko", "reduction: mean, sum", "reward: aesthetic, compressibility, digit_alignment, http, incompressibility"):
         assert line in out, out
 
 
@@ -145,3 +145,64 @@ def test_flow_model_runs_ppo_on_its_sde_window_and_seiko(tiny_flow_model_dir, tm
     scalars = read_scalars(run_dir)
     assert all(math.isfinite(v) for tag in ("train/kl", "train/reward_model", "eval/oracle_reward") for _, v in scalars[tag])
     assert scalars["oracle/queries"][-1][1] == 24
+
+
+FAMILY_RUN = ["trainer.max_epochs=2", "data.samples_per_epoch=8", "algorithm.sample_batch_size=4",
+              "algorithm.train_batch_size=4", "policy.num_steps=3"]
+
+
+def finite_and_documented(run_dir) -> dict:
+    scalars = read_scalars(run_dir)
+    for tag, series in scalars.items():
+        assert all(math.isfinite(v) for _, v in series), f"{tag} has a non-finite value: {series}"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    undocumented = [tag for tag in scalars if f"`{tag}`" not in readme]
+    assert not undocumented, f"README.md's metric table lacks {undocumented}"
+    assert [step for step, _ in scalars["reward/mean"]] == [0, 1]
+    assert scalars["oracle/queries"][-1][1] == 16
+    return scalars
+
+
+def optimizer_steps(run_dir) -> int:
+    import torch
+
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return int(next(iter(checkpoint["optimizer_states"][0]["state"].values()))["step"])
+
+
+def test_grpo_runs_cfg_free_on_a_timestep_fraction_with_its_kl(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "grpo"
+    run_rlft(f"model.pretrained={tiny_model_dir}", "algorithm=grpo", *FAMILY_RUN, "algorithm.group_size=4",
+             "algorithm.timestep_fraction=0.67", "policy.guidance_scale=1", "algorithm.kl_weight=0.1",
+             f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    scalars = finite_and_documented(run_dir)
+    assert all(abs(v) < 1e-6 for _, v in scalars["train/approx_kl_first_update"])  # ratio 1 before the first step
+    assert scalars["train/kl"][0][1] >= 0 and scalars["train/kl"][1][1] > 0  # the policy has left the base
+    assert optimizer_steps(run_dir) == 2 * 2  # epochs x micro-batches (each step: its 2 trained timesteps)
+
+
+def test_ddpo_sf_takes_one_optimizer_step_per_batch(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "sf"
+    run_rlft(f"model.pretrained={tiny_model_dir}", "algorithm=ddpo_sf", *FAMILY_RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    scalars = finite_and_documented(run_dir)
+    assert "train/loss" in scalars and "train/clipfrac" not in scalars
+    assert optimizer_steps(run_dir) == 2  # two epochs, one step each (2 micro-batches x 3 timesteps accumulated)
+
+
+def test_rwr_sparse_keeps_the_top_quantile(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "rwr"
+    run_rlft(f"model.pretrained={tiny_model_dir}", "algorithm=rwr", *FAMILY_RUN, "algorithm.weighting=sparse",
+             "algorithm.quantile=0.25", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    scalars = finite_and_documented(run_dir)
+    # 2 of the 8 samples weigh 1, the rest 0: an effective sample size of 2 / 8
+    assert [v for _, v in scalars["train/weight_ess_fraction"]] == [0.25, 0.25]
+
+
+def test_nft_trains_a_flow_model_cfg_free(tiny_flow_model_dir, tmp_path):
+    run_dir = tmp_path / "nft"
+    run_rlft("model=digits_flow", f"model.pretrained={tiny_flow_model_dir}", "algorithm=nft", *FAMILY_RUN,
+             "algorithm.group_size=4", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    scalars = finite_and_documented(run_dir)
+    assert all(v > 0 for tag in ("train/positive_loss", "train/negative_loss") for _, v in scalars[tag])
+    assert 0 <= scalars["train/optimality_mean"][0][1] <= 1
+    assert optimizer_steps(run_dir) == 2 * 2  # epochs x micro-batches (each step: its 3 timesteps)

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from rlft.diffusion.reference import AdapterReference, BaseReference, WeightsReference, snapshot
+from rlft.diffusion.reference import AdapterReference, BaseReference, WeightsReference, base_reference, snapshot
 from tests.test_policy import PROMPTS, make_policy, perturb_lora
 
 T = 500
@@ -44,6 +44,20 @@ def test_base_reference_is_the_denoiser_without_its_adapter():
     x, t, embeds = inputs(policy)
     with torch.no_grad():
         assert torch.equal(BaseReference().predict(policy, x, t, embeds), base.predict(x, t, embeds))
+
+
+@pytest.mark.parametrize("lora_rank", [4, None])
+def test_grpos_base_reference_stays_the_untrained_model(lora_rank):
+    """GRPO's reference, taken when the module is built: the base, whatever training does after."""
+    policy = make_policy(lora_rank=lora_rank)
+    base = copy.deepcopy(policy)  # before any training: the base model
+    reference = base_reference(policy)
+    assert isinstance(reference, BaseReference if lora_rank else WeightsReference)
+    perturb_lora(policy) if lora_rank else [p.data.add_(0.05 * torch.randn_like(p)) for p in policy.trainable_parameters()]
+    x, t, embeds = inputs(policy)
+    with torch.no_grad():
+        assert not torch.allclose(policy.predict(x, t, embeds), base.predict(x, t, embeds))
+        torch.testing.assert_close(reference.predict(policy, x, t, embeds), base.predict(x, t, embeds), rtol=0, atol=1e-6)
 
 
 def test_a_reference_forward_between_forward_and_backward_leaves_the_gradient_alone():

@@ -1,0 +1,45 @@
+"""GRPO on the denoising MDP (Flow-GRPO, DanceGRPO): no critic and no running statistics.
+
+Each prompt is sampled `group_size` times in an epoch (`data.group_size`, consecutive samples),
+each reward is compared with its group's (`rlft.algorithms.advantages.group_normalized`), and
+the loss is PPO's clipped one plus `kl_weight` times the KL of each trained transition to the
+reference policy at the same x_t, `(mean - mean_ref)^2 / (2 std^2)` reduced like the
+log-probability (Flow-GRPO's `beta` term). The reference is the base model: the policy's own
+denoiser with its LoRA adapter disabled, never a copy of the network (under full fine-tuning,
+one frozen copy of the untrained parameters).
+"""
+
+import torch
+
+from rlft.algorithms.pipeline import MicroBatch
+from rlft.algorithms.ppo import PPO
+from rlft.algorithms.ppo_loss import ppo_clip_loss
+from rlft.diffusion.gaussian import gaussian_kl_equal_std
+from rlft.diffusion.reference import base_reference
+
+
+def grpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, mean: torch.Tensor,
+              ref_mean: torch.Tensor | None, std: torch.Tensor, clip_range: float, kl_weight: float,
+              reduction: str, max_log_ratio: float = 20.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped loss + kl_weight * mean(KL(policy || reference)); `ref_mean` None: no KL term."""
+    loss, stats = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range, max_log_ratio)
+    stats = vars(stats)
+    if ref_mean is not None:
+        kl = gaussian_kl_equal_std(mean, ref_mean.detach(), std, reduction).mean()
+        loss = loss + kl_weight * kl
+        stats["kl"] = kl.detach()
+    return loss, stats
+
+
+class GRPO(PPO):
+    def __init__(self, group_size: int = 8, kl_weight: float = 0.04, **kwargs):
+        super().__init__(group_size=group_size, **kwargs)
+        self.kl_weight = kl_weight
+        self.reference = base_reference(self.policy)  # built from the base: still untrained here
+
+    def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        step = self.policy.transition(mb.latents, mb.next_latents, mb.timesteps, mb.embeds)
+        # kl_weight = 0 skips the reference's forward (its cost is one more forward pass a step).
+        ref = self.policy.transition(mb.latents, mb.next_latents, mb.timesteps, mb.embeds, self.reference) if self.kl_weight else None
+        return grpo_loss(step.log_prob, mb.old_log_probs, mb.advantages, step.mean, ref.mean if ref else None,
+                         step.std, self.clip_range, self.kl_weight, self.policy.reduction, self.max_log_ratio)
