@@ -9,7 +9,6 @@ from omegaconf import DictConfig, ListConfig
 
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 
-ONLINE_ALGORITHMS = ("ppo", "grpo", "ddpo_sf", "rwr", "nft")  # rlft.algorithms.pipeline
 RWR_WEIGHTINGS = ("exp", "sparse")
 
 
@@ -127,7 +126,7 @@ def validate(cfg: DictConfig) -> None:
     where = lambda key: f"algorithm.{key}" if key in a else f"algorithm.module.{key}"
     _check(m.sample_batch_size >= 1, where("sample_batch_size"), m.sample_batch_size, "must be >= 1")
     _check(m.max_grad_norm > 0, where("max_grad_norm"), m.max_grad_norm, "must be > 0")
-    if a.name in ONLINE_ALGORITHMS:
+    if a.get("pipeline") == "online":  # conf/algorithm/base/online.yaml: rlft.algorithms.pipeline
         d = cfg.data
         if "clip_range" in a:
             _check(0 < a.clip_range < 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1)")

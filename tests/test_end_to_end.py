@@ -170,10 +170,15 @@ def optimizer_steps(run_dir) -> int:
     return int(next(iter(checkpoint["optimizer_states"][0]["state"].values()))["step"])
 
 
-def test_grpo_runs_cfg_free_on_a_timestep_fraction_with_its_kl(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("family", ["ddim", "flow"])
+def test_grpo_runs_cfg_free_on_a_timestep_fraction_or_an_sde_window_with_its_kl(tiny_model_dir, tiny_flow_model_dir,
+                                                                                 tmp_path, family):
+    # DDIM: 2 of the 3 steps of each trajectory trained, no guidance; flow: the 2 steps of the SDE window [0, 2)
+    model = [f"model.pretrained={tiny_model_dir}", "algorithm.timestep_fraction=0.67", "policy.guidance_scale=1"]
+    if family == "flow":
+        model = ["model=digits_flow", f"model.pretrained={tiny_flow_model_dir}", "policy.sde_window=[0,2]"]
     run_dir = tmp_path / "grpo"
-    run_rlft(f"model.pretrained={tiny_model_dir}", "algorithm=grpo", *FAMILY_RUN, "algorithm.group_size=4",
-             "algorithm.timestep_fraction=0.67", "policy.guidance_scale=1", "algorithm.kl_weight=0.1",
+    run_rlft(*model, "algorithm=grpo", *FAMILY_RUN, "algorithm.group_size=4", "algorithm.kl_weight=0.1",
              f"hydra.run.dir={run_dir}", cwd=tmp_path)
     scalars = finite_and_documented(run_dir)
     assert all(abs(v) < 1e-6 for _, v in scalars["train/approx_kl_first_update"])  # ratio 1 before the first step

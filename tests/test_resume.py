@@ -79,6 +79,20 @@ def test_ppo_interrupted_mid_epoch_resumes_exactly(model_dir, tmp_path, signum):
     assert_same_run(tmp_path / "reference", run)
 
 
+@pytest.mark.parametrize("algorithm,family", [("grpo", "ddim"), ("nft", "flow")])
+def test_the_other_algorithms_resume_exactly_on_the_shared_pipeline(algorithm, family, tmp_path):
+    """GRPO (grouped epochs, the base as KL reference) and DiffusionNFT (a snapshot adapter of
+    the sampling policy, forward noise from the global RNG) stopped mid-epoch and resumed."""
+    model = save_tiny_model(tmp_path / "model", family)
+    flow = ["model=digits_flow"] if family == "flow" else []
+    common = [*flow, f"model.pretrained={model}", f"algorithm={algorithm}", *PPO_RUN, "algorithm.group_size=4"]
+    rlft(tmp_path / "reference", tmp_path / "reference.log", *common)
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    rlft(run, log, *common, "+reward.at_call=4", "+reward.batch_size=4", "+reward.signum=SIGTERM", expect=143)
+    rlft(run, log, *common)
+    assert_same_run(tmp_path / "reference", run)
+
+
 def test_seiko_interrupted_mid_round_and_mid_query_resumes_exactly(model_dir, tmp_path):
     common = [f"model.pretrained={model_dir}", *SEIKO_RUN]
     rlft(tmp_path / "reference", tmp_path / "reference.log", *common)

@@ -68,7 +68,10 @@ class NFT(OnlineRL):
         self.old = None  # the sampling-time policy, snapshot at each update
 
     def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
-        self.old = snapshot(self.policy)  # the weights that sampled `traj`
+        # The weights that sampled `traj`. Adding the adapter (first epoch of a process) draws its
+        # initial weights: from a forked RNG, so that a resumed run's noise is an uninterrupted one's.
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            self.old = snapshot(self.policy)
         return super().update(traj, advantages)
 
     def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -60,6 +60,7 @@ class OnlineRL(L.LightningModule):
     summary_metric = "reward/mean"  # what train() reports and the HParams tab shows
     first_update_stats: tuple[str, ...] = ()  # loss stats also reported over the first optimizer step only
     max_stats: tuple[str, ...] = ()  # loss stats reported as a maximum (others: a mean)
+
     def __init__(
         self,
         policy: DiffusionPolicy,
