@@ -32,7 +32,7 @@ def two_and_one(tmp_path, model_dir, common: list[str], one: list[str], two: lis
     return runs["one"][0], runs["two"][0]
 
 
-def assert_same_run(one, two, must_move: list[str]) -> None:
+def assert_same_run(one, two, must_move: list[str], weight_atol: float = 1e-4) -> None:
     a, b = read_scalars(one), read_scalars(two)
     assert set(a) == set(b)
     for tag in a:
@@ -47,7 +47,7 @@ def assert_same_run(one, two, must_move: list[str]) -> None:
     lora = [k for k in ckpts[0] if "lora_B" in k]
     assert lora and all(ckpts[0][k].abs().max() > 0 for k in lora)  # trained away from B = 0
     for key in ckpts[0]:
-        torch.testing.assert_close(ckpts[1][key], ckpts[0][key], rtol=1e-4, atol=1e-4, msg=key)
+        torch.testing.assert_close(ckpts[1][key], ckpts[0][key], rtol=1e-4, atol=weight_atol, msg=key)
     # Rank 0 alone writes: one event file per writer, one checkpoint, one LoRA export.
     assert len(list(two.glob("events.out.tfevents.*"))) == len(list(one.glob("events.out.tfevents.*")))
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(p.name for p in (one / "checkpoints").iterdir())
@@ -63,6 +63,23 @@ def test_ppo_on_two_processes_equals_one(tiny_model_dir, tmp_path):
     )
     assert_same_run(one, two, must_move=["train/approx_kl", "train/grad_norm", "rollout/advantage_absmean"])
     assert read_scalars(two)["oracle/queries"][-1][1] == 16  # both ranks' samples counted, once
+
+
+def test_grpo_on_two_processes_equals_one(tiny_model_dir, tmp_path):
+    """Groups of 4: one on each rank's shard, advantages from the gathered rewards; the KL's
+    base forward inside DDP's accumulated backward passes."""
+    one, two = two_and_one(
+        tmp_path, tiny_model_dir,
+        ["algorithm=grpo", "algorithm.group_size=4", "algorithm.kl_weight=0.1", "trainer.max_epochs=2",
+         "algorithm.gradient_accumulation_steps=2", "algorithm.clip_range=1e-3"],
+        one=["algorithm.sample_batch_size=8", "algorithm.train_batch_size=4"],
+        two=["algorithm.sample_batch_size=4", "algorithm.train_batch_size=2"],
+    )
+    # Weights to 1e-3 (lr is 3e-3): Adam scales each element's step by its own gradient's size, so
+    # the batched kernels' float-order noise in near-zero gradient elements (lora_A while lora_B is
+    # still ~0) becomes step differences of ~1e-4 here (measured: 2.3e-4 at most). The logged
+    # metrics above still agree to 1e-4.
+    assert_same_run(one, two, must_move=["train/kl", "train/grad_norm", "rollout/advantage_absmean"], weight_atol=1e-3)
 
 
 def test_seiko_on_two_processes_equals_one(tiny_model_dir, tmp_path):
