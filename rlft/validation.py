@@ -9,7 +9,7 @@ from omegaconf import DictConfig, ListConfig
 
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 
-RWR_WEIGHTINGS = ("exp", "sparse")
+RWR_WEIGHTINGS = ("exp", "sparse")  # rlft.algorithms.rwr (named here, where the config is checked before import)
 
 
 class ConfigError(ValueError):

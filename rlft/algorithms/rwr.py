@@ -13,8 +13,7 @@ import torch
 
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
 from rlft.diffusion.policy import Trajectories
-
-WEIGHTINGS = ("exp", "sparse")
+from rlft.validation import RWR_WEIGHTINGS as WEIGHTINGS
 
 
 def rwr_weights(advantages: torch.Tensor, weighting: str, beta: float = 1.0, quantile: float = 0.25) -> torch.Tensor:
