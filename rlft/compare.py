@@ -6,8 +6,9 @@ configuration. Writes, into `--out` (default SWEEP_DIR/compare):
 - `summary.md` and `summary.csv`: per configuration and metric, the final and the best
   value (the lowest for the metrics of `LOWER_IS_BETTER`, the highest otherwise), mean ± std
   over seeds (sample std; 0 for one seed), and the seeds found;
-- `<metric>.png`: the metric against the epoch or `--x` (e.g. `oracle/queries`), one line
-  per configuration (mean over the seeds that reached that point), a band of ± one std.
+- `<metric>.png`: the metric against the epoch or `--x` (e.g. `oracle/queries`, or
+  `time/elapsed_s` for wall time), one line per configuration (mean over the seeds that
+  reached that point), a band of ± one std.
 Partial sweeps work: each configuration counts the seeds and points that exist.
 """
 
@@ -86,6 +87,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def seed_mean_curve(seeds: list[list[tuple[float, float]]]) -> list[tuple[float, float, float]]:
+    """[(x, mean, std)] over seeds. Where the seeds share their x values (epochs, queries) the
+    mean is taken at each x; where they do not (wall time, `time/elapsed_s`), at each point's
+    position in its series, x averaged as well: the k-th evaluation of every seed."""
+    groups = defaultdict(list)
+    shared_x = len({tuple(x for x, _ in pts[:min(map(len, seeds))]) for pts in seeds}) == 1
+    for pts in seeds:
+        for k, (px, value) in enumerate(pts):
+            groups[px if shared_x else k].append((px, value))
+    return [(float(np.mean([px for px, _ in g])), *mean_std([v for _, v in g])) for _, g in sorted(groups.items())]
+
+
 def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path) -> list[dict]:
     runs = find_runs(sweep_dir)
     scalars = {(c, s): read_scalars(path) for c, seeds in runs.items() for s, path in seeds.items()}
@@ -118,14 +131,10 @@ def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path
                 "best_is": best_of.__name__,
                 "last_x": max(pts[-1][0] for pts in per_seed.values()),
             })
-            at_x = defaultdict(list)
-            for pts in per_seed.values():
-                for px, value in pts:
-                    at_x[px].append(value)
-            xs = sorted(at_x)
-            lines[labels[config]] = [(px, float(np.mean(at_x[px]))) for px in xs]
+            curve = seed_mean_curve(list(per_seed.values()))
+            lines[labels[config]] = [(px, m) for px, m, _ in curve]
             if len(per_seed) > 1:
-                bands[labels[config]] = [(px, m - sd, m + sd) for px in xs for m, sd in [mean_std(at_x[px])]]
+                bands[labels[config]] = [(px, m - sd, m + sd) for px, m, sd in curve]
         figure = metric_curves(lines, ylabel=metric, xlabel=x or "epoch", title=f"{sweep_dir.name}: mean ± std over seeds", bands=bands)
         figure.savefig(out / f"{metric.replace('/', '_')}.png", dpi=100, bbox_inches="tight")
     write_tables(rows, out, x, shared)

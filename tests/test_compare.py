@@ -71,3 +71,13 @@ def test_best_is_the_lowest_for_losses_kl_and_errors(tmp_path):
     assert float(rows["train/kl"]["best_mean"]) == pytest.approx((0.1 + 0.4) / 2) and rows["train/kl"]["best_is"] == "min"
     assert float(rows["ensemble/val_mae"]["best_mean"]) == pytest.approx(2.5)
     assert float(rows["eval/oracle_reward"]["best_mean"]) == pytest.approx(-0.25)  # higher is better
+
+
+def test_seeds_that_share_x_are_averaged_at_each_x_and_wall_time_at_each_position():
+    from rlft.compare import seed_mean_curve
+    # Queries: a seed cut short still adds its points where the others have the same x.
+    assert seed_mean_curve([[(32, 1.0), (64, 3.0)], [(32, 3.0)]]) == [
+        (32.0, 2.0, pytest.approx(2 ** 0.5)), (64.0, 3.0, 0.0)]
+    # Wall time differs between seeds: the k-th points are averaged, x included.
+    assert seed_mean_curve([[(10.0, 1.0), (20.0, 2.0)], [(12.0, 3.0), (26.0, 4.0)]]) == [
+        (11.0, 2.0, pytest.approx(2 ** 0.5)), (23.0, 3.0, pytest.approx(2 ** 0.5))]

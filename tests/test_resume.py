@@ -77,6 +77,12 @@ def test_ppo_interrupted_mid_epoch_resumes_exactly(model_dir, tmp_path, signum):
     assert read_scalars(run)["reward/mean"][-1][0] == 0  # epoch 1 was not logged: it is redone
     rlft(run, log, *common)  # the same command: ckpt_path=last resumes
     assert_same_run(tmp_path / "reference", run)
+    # time/elapsed_s is carried across the resume: at the end it is the sum of every logged
+    # epoch's sampling and training time, epoch 0's (before the interruption) included.
+    scalars = read_scalars(run)
+    epochs = sum(v for tag in ("time/sample_s", "time/train_s") for _, v in scalars[tag])
+    assert [s for s, _ in scalars["time/elapsed_s"]] == [0, 1, 2]
+    assert scalars["time/elapsed_s"][-1][1] == pytest.approx(epochs, rel=1e-5)
 
 
 @pytest.mark.parametrize("algorithm,family", [("grpo", "ddim"), ("nft", "flow")])

@@ -115,6 +115,7 @@ class OnlineRL(L.LightningModule):
         self.progress = progress
         self.seed = seed  # names each sample's noise with the epoch and the sample's index
         self.oracle_queries = 0  # every image scored by the reward counts
+        self.elapsed_s = 0.0  # wall seconds of sampling, rewards and updates so far (time/elapsed_s)
         self.first_reward_mean = None  # this process's first epoch, for the closing summary
         self.epoch_steps = self.epoch_skipped_steps = 0
         self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
@@ -163,6 +164,7 @@ class OnlineRL(L.LightningModule):
         self.health.end_epoch(problems)  # raises when unhealthy epochs persist
         stop_if_requested(self.trainer)
         t2 = time.perf_counter()
+        self.elapsed_s += t2 - t0
 
         finite = rewards[valid] if valid.any() else torch.full((1,), float("nan"))
         metrics = {
@@ -172,7 +174,8 @@ class OnlineRL(L.LightningModule):
             "reward/max": finite.max(),
             "rollout/log_prob_mean": gather(trajectories.log_probs.mean(1), world).mean(),
             "oracle/queries": float(self.oracle_queries),
-            **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1}, world),
+            **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1,
+                               "time/elapsed_s": self.elapsed_s}, world),
             **train_stats,
             **self.health.metrics(),
         }
@@ -322,6 +325,7 @@ class OnlineRL(L.LightningModule):
         checkpoint["rlft"] = {
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "oracle_queries": self.oracle_queries,
+            "elapsed_s": self.elapsed_s,
             "health": self.health.state_dict(),
             "rng": get_rng_state(),
         }
@@ -332,6 +336,7 @@ class OnlineRL(L.LightningModule):
         if self.stat_tracker and state.get("stat_tracker"):
             self.stat_tracker.load_state_dict(state["stat_tracker"])
         self.oracle_queries = state.get("oracle_queries", 0)
+        self.elapsed_s = state.get("elapsed_s", 0.0)
         if "health" in state:
             self.health.load_state_dict(state["health"])
         if "rng" in state:

@@ -85,6 +85,7 @@ class SEIKO(L.LightningModule):
         self.health = health or NonFiniteGuard()
         self.reference = None  # the previous round's policy (rlft.diffusion.reference: no copy of the network)
         self.oracle_queries = 0
+        self.elapsed_s = 0.0  # wall seconds of queries, ensemble fits and fine-tuning so far (time/elapsed_s)
         self.rounds_queried = 0  # rounds whose queries are in the feedback (a resumed run never repeats them)
         self.round_problems: list[str] = []  # non-finite oracle rewards of the current round
         self.feedback_features: torch.Tensor | None = None  # (N, feature_dim), all queries so far
@@ -186,10 +187,12 @@ class SEIKO(L.LightningModule):
         round_index = self.current_epoch // self.epochs_per_round
         if self.rounds_queried > round_index:
             return  # resumed after this round's queries: they are in the checkpoint
+        t0 = time.perf_counter()
         self.round_metrics = self.query_oracle(round_index)
         self.round_metrics["oracle/round"] = float(round_index)
         self.freeze_reference(round_index)
         self.rounds_queried = round_index + 1
+        self.elapsed_s += time.perf_counter() - t0
         self.save_round_checkpoint()
         stop_if_requested(self.trainer)
 
@@ -255,11 +258,12 @@ class SEIKO(L.LightningModule):
             problems.append(f"{skipped}/{steps} optimizer steps had a non-finite gradient")
         self.health.end_epoch(problems)  # raises when unhealthy epochs persist
         t1 = time.perf_counter()
+        self.elapsed_s += t1 - t0
         eval_reward = self.evaluate(self.current_epoch + 1)
         stop_if_requested(self.trainer)
         per_rank = {f"train/{k}": finite_mean(v) for k, v in stats.items() if k != "disagreement"}
         per_rank |= {"ensemble/disagreement": finite_mean(stats["disagreement"]),
-                     "time/train_s": t1 - t0, "time/eval_s": time.perf_counter() - t1}
+                     "time/train_s": t1 - t0, "time/eval_s": time.perf_counter() - t1, "time/elapsed_s": self.elapsed_s}
         metrics = {
             **{k: float(v) for k, v in mean_over_ranks(per_rank, world).items()},
             "oracle/queries": float(self.oracle_queries),
@@ -310,6 +314,7 @@ class SEIKO(L.LightningModule):
         keep_trained_state(self, checkpoint, also=ENSEMBLE_STATE)
         checkpoint["rlft"] = {
             "oracle_queries": self.oracle_queries,
+            "elapsed_s": self.elapsed_s,
             "rounds_queried": self.rounds_queried,
             "round_metrics": self.round_metrics,
             "round_problems": self.round_problems,
@@ -325,6 +330,7 @@ class SEIKO(L.LightningModule):
         check_resumable(self, checkpoint, also=ENSEMBLE_STATE)
         state = checkpoint.get("rlft", {})
         self.oracle_queries = state.get("oracle_queries", 0)
+        self.elapsed_s = state.get("elapsed_s", 0.0)
         self.rounds_queried = state.get("rounds_queried", 0)
         self.round_metrics = state.get("round_metrics", {})
         self.round_problems = state.get("round_problems", [])
