@@ -139,7 +139,8 @@ def test_sde_window_reaches_the_policy(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides,match",
-    [(["aggregation=softmax", "aggregation.temperature=0"], "temperature=0"), (["aggregation=ucb", "aggregation.kappa=-1"], "kappa=-1")],
+    [(["aggregation=softmax", "aggregation.temperature=0"], "temperature=0"), (["aggregation=ucb", "aggregation.kappa=-1"], "kappa=-1"),
+     (["aggregation=lcb", "aggregation.kappa=-0.5"], "kappa=-0.5")],
 )
 def test_invalid_aggregation_fails_at_start(overrides, match):
     with pytest.raises(Exception, match=match):

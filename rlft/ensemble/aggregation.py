@@ -46,18 +46,27 @@ class Softmax:
 
 
 class UCB:
-    """Upper confidence bound: mean + kappa * std across heads."""
+    """Upper confidence bound: mean + kappa * std across heads (optimism)."""
+
+    sign, counterpart = 1.0, "aggregation=lcb"
 
     def __init__(self, kappa: float = 1.0):
         if not kappa >= 0:
             raise ValueError(
                 f"aggregation.kappa={kappa} is invalid: must be >= 0 (0 is aggregation=mean; "
-                "for a pessimistic reward use aggregation=min)"
+                f"the other direction is {self.counterpart}, not a negative kappa)"
             )
         self.kappa = kappa
 
     def __call__(self, head_rewards: torch.Tensor) -> torch.Tensor:
-        return head_rewards.mean(dim=-1) + self.kappa * head_rewards.std(dim=-1, unbiased=False)
+        return head_rewards.mean(dim=-1) + self.sign * self.kappa * head_rewards.std(dim=-1, unbiased=False)
+
+
+class LCB(UCB):
+    """Lower confidence bound: mean - kappa * std across heads (pessimism: a reward the
+    ensemble is unsure of counts for less, against over-optimising a learned reward)."""
+
+    sign, counterpart = -1.0, "aggregation=ucb"
 
 
 class Thompson:
