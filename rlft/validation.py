@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
+from rlft.ensemble.ucb import check_settings as check_ucb_settings
 
 RWR_WEIGHTINGS = ("exp", "sparse")  # rlft.algorithms.rwr (named here, where the config is checked before import)
 
@@ -170,6 +171,9 @@ def validate(cfg: DictConfig) -> None:
         _check(1 <= a.truncation_steps <= p.num_steps, "algorithm.truncation_steps", a.truncation_steps,
                f"must be in [1, policy.num_steps={p.num_steps}]")
         _check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0")
+        e = cfg.get("ensemble")
+        if e is not None and e.get("_target_") == "rlft.ensemble.ucb.UCBReward":
+            check_ucb_settings(e.alpha, e.lam, e.clip, e.sigma)
         _check(m.ensemble_epochs >= 1, "algorithm.module.ensemble_epochs", m.ensemble_epochs, "must be >= 1")
         _check(0 < m.ensemble_val_fraction < 1, "algorithm.module.ensemble_val_fraction", m.ensemble_val_fraction,
                "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")

@@ -38,9 +38,12 @@ from rlft.visualize import sample_grid
 
 log = logging.getLogger(__name__)
 
-# Checkpointed beside the policy's trainable weights: the fitted heads and their reward scale
-# (frozen between fits); never the ensemble's frozen backbone.
-ENSEMBLE_STATE = ("ensemble.heads.", "ensemble.reward_mean", "ensemble.reward_std")
+
+
+def ensemble_state(ensemble: RewardEnsemble) -> tuple[str, ...]:
+    """Checkpointed beside the policy's trainable weights: what the reward model fitted (heads,
+    reward scale, UCB's precision matrix), frozen between fits; never its frozen backbone."""
+    return tuple(f"ensemble.{key}" for key in ensemble.trained_state)
 
 
 class SEIKO(L.LightningModule):
@@ -155,7 +158,8 @@ class SEIKO(L.LightningModule):
         order = torch.randperm(n)
         n_val = max(1, int(n * self.hparams.ensemble_val_fraction))
         val, train = order[:n_val], order[n_val:]
-        counts = bootstrap_counts(len(train), len(self.ensemble.heads))
+        heads = len(self.ensemble.heads)
+        counts = bootstrap_counts(len(train), heads) if self.ensemble.bootstrap else torch.ones(len(train), heads)
         train_data = TensorDataset(self.feedback_features[train], self.feedback_rewards[train], counts)
         val_data = TensorDataset(self.feedback_features[val], self.feedback_rewards[val])
         self.ensemble.set_reward_scale(self.feedback_rewards[train])
@@ -172,6 +176,7 @@ class SEIKO(L.LightningModule):
         )
         self.ensemble.trainer = self.trainer  # hand the submodule back to the outer fit
         self.ensemble.heads.requires_grad_(False)  # the policy's loss must not move the heads
+        self.ensemble.observe_feedback(self.feedback_features)  # SEIKO-UCB: its Sigma over all feedback
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ensemble/")}
         if self.trainer.world_size > 1:
             # Every rank fitted on the same feedback from the same random state; rank 0's fit
@@ -239,17 +244,17 @@ class SEIKO(L.LightningModule):
             )
             # Aggregated in units of the feedback's std: kl_weight and the aggregation's
             # temperature mean the same whatever the reward's scale (JPEG kB or aesthetic score).
-            head_z = self.ensemble.standardised_heads(self.ensemble.features(images))  # (B, K)
+            features = self.ensemble.features(images)
+            head_z = self.ensemble.objective_heads(features)  # (B, K)
             objective = self.aggregation(head_z)
             loss = -objective.mean() + self.hparams.kl_weight * kl.mean()
             reward_model = self.ensemble.to_reward_units(objective)
-            head_rewards = self.ensemble.to_reward_units(head_z)
             self.manual_backward(loss)
             grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.hparams.max_grad_norm)
             steps, skipped = steps + 1, skipped + (not stepped)
             self.health.count("skipped_steps", not stepped)
             for k, v in (("reward_model", reward_model.mean()), ("kl", kl.mean()), ("loss", loss),
-                         ("grad_norm", grad_norm), ("disagreement", head_rewards.std(-1, unbiased=False).mean())):
+                         ("grad_norm", grad_norm), ("disagreement", self.ensemble.uncertainty(features.detach()).mean())):
                 stats[k].append(v.detach())
         nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
         self.health.count("nonfinite_losses", sum_over_ranks(nonfinite, world))
@@ -311,7 +316,7 @@ class SEIKO(L.LightningModule):
         # Written at the end of every epoch and right after each round's queries. With the
         # weights (policy and ensemble heads) and optimizer state that Lightning stores, a
         # resumed run continues exactly as an uninterrupted one, without a repeated query.
-        keep_trained_state(self, checkpoint, also=ENSEMBLE_STATE)
+        keep_trained_state(self, checkpoint, also=ensemble_state(self.ensemble))
         checkpoint["rlft"] = {
             "oracle_queries": self.oracle_queries,
             "elapsed_s": self.elapsed_s,
@@ -327,7 +332,7 @@ class SEIKO(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_resumable(self, checkpoint, also=ENSEMBLE_STATE)
+        check_resumable(self, checkpoint, also=ensemble_state(self.ensemble))
         state = checkpoint.get("rlft", {})
         self.oracle_queries = state.get("oracle_queries", 0)
         self.elapsed_s = state.get("elapsed_s", 0.0)

@@ -11,6 +11,9 @@ from torch import nn
 
 
 class RewardEnsemble(L.LightningModule):
+    bootstrap = True  # each head fitted on its own resample of the feedback
+    trained_state = ("heads.", "reward_mean", "reward_std")  # what a checkpoint keeps (never the backbone)
+
     """images (B, C, H, W) in [0, 1] -> head rewards (B, K), differentiable in the images.
 
     Shared form: `backbone` is any module with `features(images) -> (B, feature_dim)`, frozen,
@@ -50,6 +53,17 @@ class RewardEnsemble(L.LightningModule):
     def standardised_heads(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) -> (B, K) in units of the feedback's std around its mean."""
         return torch.cat([head(features) for head in self.heads], dim=-1)
+
+    def objective_heads(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B, K), standardised: what SEIKO aggregates and maximises (the heads)."""
+        return self.standardised_heads(features)
+
+    def uncertainty(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B,) in reward units: the heads' spread (ensemble/disagreement)."""
+        return self.heads_on_features(features).std(-1, unbiased=False)
+
+    def observe_feedback(self, features: torch.Tensor) -> None:
+        """Called after each fit with all the feedback's features; the bootstrap needs nothing."""
 
     def heads_on_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.standardised_heads(features) * self.reward_std + self.reward_mean
