@@ -9,6 +9,7 @@ from omegaconf import DictConfig, ListConfig
 
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
+from rlft.rewards.learned import check_settings as check_learned_reward
 
 RWR_WEIGHTINGS = ("exp", "sparse")  # rlft.algorithms.rwr (named here, where the config is checked before import)
 
@@ -120,6 +121,15 @@ def validate(cfg: DictConfig) -> None:
            "must be last (resume this run directory if it has a checkpoint), null, or a .ckpt file")
 
     a = cfg.algorithm
+    if cfg.get("reward", {}).get("_target_") == "rlft.rewards.learned.LearnedReward":  # reward=ensemble
+        r = cfg.reward
+        _check(a.get("pipeline") == "online", "reward", "ensemble",
+               f"with algorithm={a.name}: reward=ensemble is a learned reward for the sampling-based algorithms (ppo, "
+               f"grpo, ddpo_sf, rwr, nft), and algorithm={a.name} fits its own reward model on the oracle: give it the "
+               f"oracle (e.g. reward=compressibility)")
+        _check((world_size(t) or 1) == 1, "trainer.devices", t.get("devices"),
+               "must be 1 with reward=ensemble (the learned reward's fit is not shared across processes yet)")
+        check_learned_reward(r.queries, r.val_fraction, r.refresh_every_n_epochs, cfg.trainer.max_epochs)
     _check(a.lr > 0, "algorithm.lr", a.lr, "must be > 0")
     _check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")
     m = a.module

@@ -47,6 +47,10 @@ def test_every_option_composes_resolves_and_validates(group, option, algorithm):
     needs = (["model=digits_flow"] if group != "model" else []) + ["model.guidance_scale=1"] if chosen == "nft" else []
     cfg = compose_cfg([f"algorithm={algorithm}", *needs, f"{group}={option}", *REQUIRED.get(option, [])])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves, as train() logs them all
+    if group == "reward" and option == "ensemble" and algorithm == "seiko":
+        with pytest.raises(ConfigError, match="reward=ensemble is a learned reward for the sampling-based algorithms"):
+            validate(cfg)
+        return
     if chosen == "nft" and cfg.model.get("family", "ddim") != "flow":
         with pytest.raises(ConfigError, match="DiffusionNFT trains rectified-flow models"):
             validate(cfg)
@@ -68,6 +72,9 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
                       f"reward.head_path={save_tiny_aesthetic_head(tmp_path / 'head.pth')}"]
     reward = instantiate(compose_cfg(overrides).reward)
     images = torch.rand(3, 1, 16, 16)
+    if option == "ensemble":  # a learned reward answers once fitted on its oracle's answers
+        prompts = ["a handwritten 1"] * 3
+        reward.fit(0, reward.model.features(images), reward.oracle(images, prompts))
     rewards = torch.as_tensor(reward(images, ["a handwritten 1", "a handwritten 2", "the number three"]))
     assert rewards.shape == (3,) and torch.isfinite(rewards).all()
 

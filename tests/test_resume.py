@@ -30,10 +30,11 @@ SEIKO_RUN = [
 EVAL_IMAGES = 10  # 10 held-out prompts x 1 sample: tells evaluation calls from oracle calls
 
 
-def rlft(run_dir: Path, log: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+def rlft(run_dir: Path, log: Path, *args: str, expect: int = 0, reward: str = "reward") -> subprocess.CompletedProcess:
+    """`reward`: the config key of the reward that signals (reward.oracle under reward=ensemble)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    overrides = [*args, f"hydra.run.dir={run_dir}", "reward._target_=tests.signalling_reward.SignallingReward",
-                 f"+reward.log={log}", "~reward.quality"]
+    overrides = [*args, f"hydra.run.dir={run_dir}", f"{reward}._target_=tests.signalling_reward.SignallingReward",
+                 f"+{reward}.log={log}", f"~{reward}.quality"]
     result = subprocess.run([sys.executable, "-m", "rlft", *overrides], cwd=run_dir.parent, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-5000:]
@@ -154,3 +155,26 @@ def test_seiko_killed_between_the_oracles_answers_and_the_round_checkpoint_asks_
     assert len(seen) == len(set(seen)) == 24, "a query was paid for twice"
     assert [n for _, n in calls(log) if n != EVAL_IMAGES] == [8, 8, 8]
     assert_same_run(tmp_path / "reference", run)
+
+
+def test_ppo_on_a_learned_reward_interrupted_while_the_oracle_answers_a_refit_resumes_exactly(model_dir, tmp_path):
+    """reward=ensemble refitted every epoch on 8 fresh oracle answers (2 chunks of 4): SIGTERM
+    as the first chunk of epoch 1's queries is answered, so the run stops in that refit. The
+    resumed run reads the answers back instead of asking again, refits the same model and
+    continues as the uninterrupted run."""
+    common = [f"model.pretrained={model_dir}", *PPO_RUN, "reward=ensemble", "reward.queries=8",
+              "reward.refresh_every_n_epochs=1", "reward.fit_epochs=3", "reward.val_fraction=0.25",
+              "model.reward_feature_dim=4", "model.reward_features._target_=tests.test_seiko.PixelFeatures",
+              "~model.reward_features.pretrained_model_name_or_path"]
+    rlft(tmp_path / "reference", tmp_path / "reference.log", *common, reward="reward.oracle")
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    rlft(run, log, *common, "+reward.oracle.at_call=3", "+reward.oracle.batch_size=4", expect=143, reward="reward.oracle")
+    rlft(run, log, *common, reward="reward.oracle")
+    assert_same_run(tmp_path / "reference", run)
+    queries = [n for _, n in calls(log) if n != EVAL_IMAGES]
+    assert queries == [4] * 6, f"the oracle was asked {queries}: 3 fits x 2 chunks of 4, none twice"
+    a = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)["rlft"]["learned_reward"]
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["rlft"]["learned_reward"]
+    assert a["fitted_epochs"] == b["fitted_epochs"] == [0, 1, 2]
+    assert torch.equal(a["rewards"], b["rewards"]) and len(a["rewards"]) == 24
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

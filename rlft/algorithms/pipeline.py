@@ -25,12 +25,14 @@ from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, g
 from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
+from rlft.algorithms.queries import query_fresh_samples
 from rlft.answers import AnswerStore
 from rlft.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds, Trajectories
 from rlft.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
 from rlft.preemption import stop_if_requested
+from rlft.rewards.learned import LearnedReward
 from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
 from rlft.validation import check_sharding
 from rlft.visualize import sample_grid
@@ -114,7 +116,9 @@ class OnlineRL(L.LightningModule):
         self.health = health or NonFiniteGuard()
         self.progress = progress
         self.seed = seed  # names each sample's noise with the epoch and the sample's index
-        self.oracle_queries = 0  # every image scored by the reward counts
+        self.oracle_queries = 0  # every image scored by the reward counts (reward=ensemble: the oracle's answers)
+        self.learned = reward_fn if isinstance(reward_fn, LearnedReward) else None  # reward=ensemble
+        self.fit_metrics: dict[str, float] = {}  # the learned reward's fit before this epoch
         self.elapsed_s = 0.0  # wall seconds of sampling, rewards and updates so far (time/elapsed_s)
         self.first_reward_mean = None  # this process's first epoch, for the closing summary
         self.epoch_steps = self.epoch_skipped_steps = 0
@@ -130,6 +134,30 @@ class OnlineRL(L.LightningModule):
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
 
+    def on_fit_start(self) -> None:
+        if self.learned is not None:
+            self.learned.model.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        """reward=ensemble: before the first epoch (and every refresh period) the oracle answers
+        `queries` fresh samples of the current policy and the learned reward is refitted."""
+        if self.learned is None or not self.learned.due(self.current_epoch):
+            return
+        n = self.learned.queries
+        images, answers = query_fresh_samples(
+            self.policy, self.trainer.datamodule.train_prompts, n, self.learned.oracle, self.answers, self.trainer,
+            self.seed, "proxy_query", self.current_epoch, f"oracle/epoch={self.current_epoch:05d}",
+            self.sample_batch_size, progress=self.progress and self.trainer.is_global_zero,
+        )
+        self.oracle_queries += n
+        bad = int((~torch.isfinite(answers)).sum())
+        self.health.count("nonfinite_rewards", bad)
+        with torch.no_grad():
+            features = self.learned.model.features(images)
+        self.fit_metrics = {"oracle/reward_mean": float(answers[torch.isfinite(answers)].mean()),
+                            **self.learned.fit(self.current_epoch, features, answers, self.trainer.accelerator)}
+        stop_if_requested(self.trainer)
+
     # -- one RL epoch --------------------------------------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int):
         """`prompts`: the epoch's global batch. Under DDP each rank samples and trains on its
@@ -140,7 +168,8 @@ class OnlineRL(L.LightningModule):
         mine = shard(len(prompts), rank, world)
         trajectories, local_rewards, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
         rewards = gather(local_rewards, world)  # (B,) in global order
-        self.oracle_queries += len(rewards)
+        if self.learned is None:
+            self.oracle_queries += len(rewards)
         t1 = time.perf_counter()
         valid = torch.isfinite(rewards)
         bad = int((~valid).sum())
@@ -179,14 +208,21 @@ class OnlineRL(L.LightningModule):
             **train_stats,
             **self.health.metrics(),
         }
+        if self.learned is not None:
+            metrics["proxy/disagreement"] = gather(self.learned.disagreement(trajectories.images), world).mean()
+            metrics |= self.fit_metrics
+            self.fit_metrics = {}
         if self.evaluation is not None and self.eval_every_n_epochs and (
             (self.current_epoch + 1) % self.eval_every_n_epochs == 0 or self.current_epoch == self.trainer.max_epochs - 1
         ):
             show = self.progress and self.trainer.is_global_zero
-            metrics["eval/oracle_reward"] = self.evaluation(
+            metrics["eval/oracle_reward"], images, eval_prompts, _ = self.evaluation(
                 self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
                 self.answers, f"eval/epoch={self.current_epoch:05d}",
-            )[0]
+            )
+            if self.learned is not None:  # what the policy optimises, on the same held-out samples
+                metrics["eval/proxy_reward"] = float(gather(self.learned(images, eval_prompts), world).mean())
+                metrics["eval/proxy_gap"] = metrics["eval/proxy_reward"] - metrics["eval/oracle_reward"]
             stop_if_requested(self.trainer)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
         if self.first_reward_mean is None:
@@ -326,6 +362,7 @@ class OnlineRL(L.LightningModule):
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "oracle_queries": self.oracle_queries,
             "elapsed_s": self.elapsed_s,
+            "learned_reward": self.learned.state_dict() if self.learned is not None else None,
             "health": self.health.state_dict(),
             "rng": get_rng_state(),
         }
@@ -337,6 +374,8 @@ class OnlineRL(L.LightningModule):
             self.stat_tracker.load_state_dict(state["stat_tracker"])
         self.oracle_queries = state.get("oracle_queries", 0)
         self.elapsed_s = state.get("elapsed_s", 0.0)
+        if self.learned is not None and state.get("learned_reward"):
+            self.learned.load_state_dict(state["learned_reward"])
         if "health" in state:
             self.health.load_state_dict(state["health"])
         if "rng" in state:

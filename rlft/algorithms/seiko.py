@@ -17,7 +17,6 @@ from typing import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from rlft.algorithms.evaluation import HeldOutEvaluation
@@ -25,11 +24,12 @@ from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.answers import AnswerStore
 from rlft.checkpoints import check_resumable, keep_trained_state
-from rlft.diffusion.noise import sample_generators, stream_generator
+from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.diffusion.reference import BaseReference, lora_layers, reference_from_state, snapshot
 from rlft.distributed import gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks
-from rlft.ensemble.bootstrap import bootstrap_counts
+from rlft.algorithms.queries import query_fresh_samples
+from rlft.ensemble.fit import fit_reward_model
 from rlft.ensemble.reward_ensemble import RewardEnsemble
 from rlft.preemption import last_checkpoint, stop_if_requested
 from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
@@ -111,25 +111,12 @@ class SEIKO(L.LightningModule):
         """The round's `queries_per_round[round_index]` queries, a global budget: under DDP each
         rank samples and queries its shard, and every rank keeps all the feedback."""
         n = self.queries_per_round[round_index]
-        prompts = self.trainer.datamodule.train_prompts
-        which = stream_generator(self.hparams.seed, "query_prompts", round_index)
-        query_prompts = [prompts[i] for i in torch.randint(len(prompts), (n,), generator=which)]
-        rank, world = rank_and_world(self.trainer)
-        mine = shard(n, rank, world)
-        my_prompts = query_prompts[mine.start : mine.stop]
-        show = self.hparams.progress and self.trainer.is_global_zero
-        noise = sample_generators(self.hparams.seed, "query", round_index, mine, self.device)
-        images = self.policy.sample_batched(
-            my_prompts, self.hparams.sample_batch_size, noise, progress=show, desc=f"round {round_index}: {n} queries"
-        ).images
-        # Asked chunk by chunk, each answer on disk before it is used: a run that dies here
-        # resumes without paying again for what was answered.
-        size, answers = self.hparams.sample_batch_size, []
-        for i in range(0, len(my_prompts), size):
-            chunk = my_prompts[i : i + size]
-            key = f"query/round={round_index:03d}/samples={mine.start + i}-{mine.start + i + len(chunk)}"
-            answers.append(self.answers.ask(key, images[i : i + size], chunk, self.oracle))
-        rewards = gather(torch.cat(answers), world)
+        images, rewards = query_fresh_samples(
+            self.policy, self.trainer.datamodule.train_prompts, n, self.oracle, self.answers, self.trainer,
+            self.hparams.seed, "query", round_index, f"query/round={round_index:03d}", self.hparams.sample_batch_size,
+            progress=self.hparams.progress and self.trainer.is_global_zero,
+        )
+        world = rank_and_world(self.trainer)[1]
         with torch.no_grad():
             features = gather(self.ensemble.features(images), world)
         self.oracle_queries += n
@@ -153,31 +140,11 @@ class SEIKO(L.LightningModule):
         return {"oracle/reward_mean": float(rewards.mean()), **self.fit_ensemble()}
 
     def fit_ensemble(self) -> dict[str, float]:
-        """Refit the heads on all feedback so far with a Lightning Trainer of its own."""
-        n = len(self.feedback_rewards)
-        order = torch.randperm(n)
-        n_val = max(1, int(n * self.hparams.ensemble_val_fraction))
-        val, train = order[:n_val], order[n_val:]
-        heads = len(self.ensemble.heads)
-        counts = bootstrap_counts(len(train), heads) if self.ensemble.bootstrap else torch.ones(len(train), heads)
-        train_data = TensorDataset(self.feedback_features[train], self.feedback_rewards[train], counts)
-        val_data = TensorDataset(self.feedback_features[val], self.feedback_rewards[val])
-        self.ensemble.set_reward_scale(self.feedback_rewards[train])
-        self.ensemble.heads.requires_grad_(True)
-        trainer = L.Trainer(
-            max_epochs=self.hparams.ensemble_epochs, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, accelerator=self.trainer.accelerator,
-            devices=1, num_sanity_val_steps=0, check_val_every_n_epoch=self.hparams.ensemble_epochs,
-        )
-        trainer.fit(
-            self.ensemble,
-            DataLoader(train_data, batch_size=self.hparams.ensemble_batch_size, shuffle=True),
-            DataLoader(val_data, batch_size=1024),
-        )
+        """Refit the heads on all feedback so far (rlft.ensemble.fit)."""
+        metrics = fit_reward_model(self.ensemble, self.feedback_features, self.feedback_rewards,
+                                   self.hparams.ensemble_epochs, self.hparams.ensemble_batch_size,
+                                   self.hparams.ensemble_val_fraction, self.trainer.accelerator)
         self.ensemble.trainer = self.trainer  # hand the submodule back to the outer fit
-        self.ensemble.heads.requires_grad_(False)  # the policy's loss must not move the heads
-        self.ensemble.observe_feedback(self.feedback_features)  # SEIKO-UCB: its Sigma over all feedback
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("ensemble/")}
         if self.trainer.world_size > 1:
             # Every rank fitted on the same feedback from the same random state; rank 0's fit
             # is made everyone's, so that the ranks cannot drift apart whatever happens.
