@@ -86,6 +86,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     name = module.summary_metric
     if module.first_reward_mean is not None and name in metrics and trainer.is_global_zero:
         log.info(f"{name}: {module.first_reward_mean:.4f} (first) -> {metrics[name]:.4f} (last)")
+    if "work/unet_evals" in metrics and trainer.is_global_zero:
+        log.info(f"UNet work: {metrics['work/unet_evals'] / 1e6:.3f}M sample-evaluations (work/unet_evals: forward 1, "
+                 f"forward+backward 3, CFG doubles; evaluation excluded)")
     if trainer.logger is not None and name in metrics:
         # The HParams tab: every config value beside the final value of the summary metric.
         trainer.logger.log_hyperparams(hparams, {"hp/final_" + name.replace("/", "_"): metrics[name]})

@@ -48,6 +48,8 @@ def test_ppo_run_logs_finite_metrics_and_checkpoints(tiny_model_dir, tmp_path, r
     assert all(abs(v) < 1e-6 for _, v in scalars["train/approx_kl_first_update"])
     assert all(v == 0 for _, v in scalars["train/clipfrac_first_update"])
     assert scalars["oracle/queries"][-1][1] == 16
+    # 8 samples x 3 steps x 2 (CFG) an epoch sampled (forward: 1), then trained on (3): 48 + 144
+    assert [v for _, v in scalars["work/unet_evals"]] == [192, 384]
     assert "hp/final_reward_mean" in scalars
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     undocumented = [tag for tag in scalars if f"`{tag}`" not in readme]

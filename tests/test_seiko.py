@@ -75,6 +75,10 @@ def test_logs_the_documented_metrics_finite(seiko_run):
     assert [s for s, _ in scalars["eval/oracle_reward"]] == list(range(0, cfg.algorithm.epochs + 1))
     assert scalars["oracle/queries"][0] == (0, 0.0)
     assert [v for _, v in scalars["oracle/queries"]][1:] == [8, 8, 24, 24]
+    # Work (x2 for CFG): a round's queries sample 3 steps (1 each); a fine-tuning batch of 4 runs
+    # step 0 without grad (1), steps 1-2 with grad and checkpointing (4) and their KL
+    # reference (1): 8 + 64 + 16 = 88, two batches an epoch. Round 0: 48 queries, round 1: 96.
+    assert [v for _, v in scalars["work/unet_evals"]] == [48 + 176, 400, 400 + 96 + 176, 848]
 
 
 def test_reference_policy_is_the_previous_rounds(seiko_run):

@@ -11,6 +11,23 @@ from rlft.diffusion.policy import DiffusionPolicy
 from rlft.distributed import gather, rank_and_world, shard
 
 
+def training_work(policy: DiffusionPolicy, evaluation: "HeldOutEvaluation | None") -> int:
+    """UNet sample-evaluations of this process's training so far: sampling, updates and
+    queries, evaluation excluded (work/unet_evals)."""
+    return policy.unet_evaluations - (evaluation.unet_evaluations if evaluation is not None else 0)
+
+
+def work_state(policy: DiffusionPolicy, evaluation: "HeldOutEvaluation | None") -> dict[str, int]:
+    return {"policy": policy.unet_evaluations, "evaluation": evaluation.unet_evaluations if evaluation else 0}
+
+
+def load_work_state(policy: DiffusionPolicy, evaluation: "HeldOutEvaluation | None", state: dict | None) -> None:
+    if state:
+        policy.unet_evaluations = state["policy"]
+        if evaluation is not None:
+            evaluation.unet_evaluations = state["evaluation"]
+
+
 class HeldOutEvaluation:
     """Samples `samples_per_prompt` images per held-out prompt and scores them with a reward
     instance of its own (measurement only: never fed back, never counted as a query).
@@ -25,6 +42,7 @@ class HeldOutEvaluation:
         self.samples_per_prompt = samples_per_prompt
         self.seed = seed
         self.batch_size = batch_size
+        self.unet_evaluations = 0  # the policy's work spent here, kept out of the run's training work
 
     @torch.no_grad()
     def __call__(self, policy: DiffusionPolicy, prompts: list[str], progress: bool = False, trainer: L.Trainer | None = None,
@@ -36,7 +54,9 @@ class HeldOutEvaluation:
         mine = shard(len(everything), rank, world)
         prompts = everything[mine.start : mine.stop]
         noise = sample_generators(self.seed, "eval", 0, mine, policy.device)
+        before = policy.unet_evaluations
         images = policy.sample_batched(prompts, self.batch_size, noise, progress, desc="evaluating").images
+        self.unet_evaluations += policy.unet_evaluations - before
         answers = answers or AnswerStore()
         rewards = answers.ask(f"{key}/samples={mine.start}-{mine.stop}", images, prompts, self.reward_fn)
         every_reward = gather(rewards, world)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, group_normalized
-from rlft.algorithms.evaluation import HeldOutEvaluation
+from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.queries import query_fresh_samples
@@ -203,6 +203,7 @@ class OnlineRL(L.LightningModule):
             "reward/max": finite.max(),
             "rollout/log_prob_mean": gather(trajectories.log_probs.mean(1), world).mean(),
             "oracle/queries": float(self.oracle_queries),
+            "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
             **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1,
                                "time/elapsed_s": self.elapsed_s}, world),
             **train_stats,
@@ -362,6 +363,7 @@ class OnlineRL(L.LightningModule):
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "oracle_queries": self.oracle_queries,
             "elapsed_s": self.elapsed_s,
+            "work": work_state(self.policy, self.evaluation),
             "learned_reward": self.learned.state_dict() if self.learned is not None else None,
             "health": self.health.state_dict(),
             "rng": get_rng_state(),
@@ -374,6 +376,7 @@ class OnlineRL(L.LightningModule):
             self.stat_tracker.load_state_dict(state["stat_tracker"])
         self.oracle_queries = state.get("oracle_queries", 0)
         self.elapsed_s = state.get("elapsed_s", 0.0)
+        load_work_state(self.policy, self.evaluation, state.get("work"))
         if self.learned is not None and state.get("learned_reward"):
             self.learned.load_state_dict(state["learned_reward"])
         if "health" in state:

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from tqdm.auto import tqdm
 
-from rlft.algorithms.evaluation import HeldOutEvaluation
+from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.answers import AnswerStore
@@ -239,6 +239,7 @@ class SEIKO(L.LightningModule):
         metrics = {
             **{k: float(v) for k, v in mean_over_ranks(per_rank, world).items()},
             "oracle/queries": float(self.oracle_queries),
+            "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
             "eval/oracle_reward": eval_reward,
             **self.health.metrics(),
             **self.round_metrics,
@@ -248,6 +249,7 @@ class SEIKO(L.LightningModule):
         if self.logger:
             self.logger.log_metrics(metrics, step=self.current_epoch + 1)
         self.log("eval/oracle_reward", eval_reward, prog_bar=True, logger=False)
+        self.log("work/unet_evals", metrics["work/unet_evals"], logger=False)  # for train()'s closing summary
         if self.first_reward_mean is None:
             self.first_reward_mean = self.base_eval
         self.log_samples()
@@ -287,6 +289,7 @@ class SEIKO(L.LightningModule):
         checkpoint["rlft"] = {
             "oracle_queries": self.oracle_queries,
             "elapsed_s": self.elapsed_s,
+            "work": work_state(self.policy, self.evaluation),
             "rounds_queried": self.rounds_queried,
             "round_metrics": self.round_metrics,
             "round_problems": self.round_problems,
@@ -303,6 +306,7 @@ class SEIKO(L.LightningModule):
         state = checkpoint.get("rlft", {})
         self.oracle_queries = state.get("oracle_queries", 0)
         self.elapsed_s = state.get("elapsed_s", 0.0)
+        load_work_state(self.policy, self.evaluation, state.get("work"))
         self.rounds_queried = state.get("rounds_queried", 0)
         self.round_metrics = state.get("round_metrics", {})
         self.round_problems = state.get("round_problems", [])

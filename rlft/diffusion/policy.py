@@ -134,6 +134,7 @@ class DiffusionPolicy(nn.Module):
         self.guidance_scale = guidance_scale
         self.reduction = reduction
         self.latent_size = latent_size or denoiser.config.sample_size  # e.g. 64 for SD3 at 512x512
+        self.unet_evaluations = 0  # the work done so far, counted by `predict` (work/unet_evals)
         self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window)
         if lora_rank:
             self.denoiser.requires_grad_(False)
@@ -171,9 +172,20 @@ class DiffusionPolicy(nn.Module):
         embeds = self.prompt_encoder.encode(prompts)
         return embeds if isinstance(embeds, PromptEmbeds) else PromptEmbeds(embeds)
 
+    def count_work(self, batch: int, backward: bool, recomputed: bool = False) -> None:
+        """Work in UNet sample-evaluations: a forward is 1 per sample, one with grad 3 (its
+        backward costs about two forwards), gradient checkpointing's recomputation 1 more,
+        and CFG's two branches double it."""
+        self.unet_evaluations += batch * (1 if self.guidance_scale == 1.0 else 2) * (1 + 2 * backward + recomputed)
+
     def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds) -> torch.Tensor:
         """The denoiser's output (noise or velocity) with classifier-free guidance, both
-        branches in one batched call."""
+        branches in one batched call; counted in `unet_evaluations`."""
+        self.count_work(len(latents), backward=torch.is_grad_enabled())
+        return self.guided_prediction(latents, timesteps, prompt_embeds)
+
+    def guided_prediction(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds) -> torch.Tensor:
+        """`predict` without counting (gradient checkpointing calls it again in the backward)."""
         denoiser = self.denoiser
         dtype = denoiser.dtype
         timesteps = torch.as_tensor(timesteps, device=latents.device).expand(len(latents))
@@ -252,7 +264,8 @@ class DiffusionPolicy(nn.Module):
             with torch.set_grad_enabled(i >= first_grad_step):
                 if i >= first_grad_step and checkpoint:
                     # Recompute the denoiser's activations in the backward pass: memory of one step, not all.
-                    prediction = torch.utils.checkpoint.checkpoint(self.predict, x, t, embeds, use_reentrant=False)
+                    self.count_work(len(x), backward=True, recomputed=True)
+                    prediction = torch.utils.checkpoint.checkpoint(self.guided_prediction, x, t, embeds, use_reentrant=False)
                 else:
                     prediction = self.predict(x, t, embeds)
                 if not self.sampler.is_stochastic(i):
