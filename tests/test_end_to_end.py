@@ -123,7 +123,7 @@ def test_pretrain_commands_write_loadable_models(tmp_path):
 
 def test_help_lists_groups_and_options(tmp_path):
     out = run_rlft("--help", cwd=tmp_path).stdout
-    for line in ("algorithm: ddpo_sf, grpo, nft, ppo, rwr, seiko", "reduction: mean, sum", "reward: aesthetic, compressibility, digit_alignment, http, incompressibility"):
+    for line in ("algorithm: ddpo_sf, grpo, nft, ppo, rwr, seiko", "reduction: mean, sum", "reward: aesthetic, compressibility, digit_alignment, ensemble, http, incompressibility"):
         assert line in out, out
 
 
