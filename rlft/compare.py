@@ -87,6 +87,22 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def bootstrap_ci(values, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean of `values` (one per seed): the seeds
+    resampled with replacement `resamples` times. With 5 seeds it is a rough interval (the
+    percentile bootstrap under-covers at small n); say so where it is quoted. For a paired
+    comparison pass the per-seed differences."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) < 2:
+        raise ValueError(f"bootstrap_ci needs at least 2 values (seeds), got {values.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    means = values[draws].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
 def seed_mean_curve(seeds: list[list[tuple[float, float]]]) -> list[tuple[float, float, float]]:
     """[(x, mean, std)] over seeds. Where the seeds share their x values (epochs, queries) the
     mean is taken at each x; where they do not (wall time, `time/elapsed_s`), at each point's

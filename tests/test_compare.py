@@ -2,10 +2,12 @@
 
 import csv
 
+import numpy as np
+
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from rlft.compare import main
+from rlft.compare import bootstrap_ci, main
 
 
 def write_run(path, rewards, queries_per_epoch=32):
@@ -81,3 +83,26 @@ def test_seeds_that_share_x_are_averaged_at_each_x_and_wall_time_at_each_positio
     # Wall time differs between seeds: the k-th points are averaged, x included.
     assert seed_mean_curve([[(10.0, 1.0), (20.0, 2.0)], [(12.0, 3.0), (26.0, 4.0)]]) == [
         (11.0, 2.0, pytest.approx(2 ** 0.5)), (23.0, 3.0, pytest.approx(2 ** 0.5))]
+
+
+def test_bootstrap_ci_matches_the_normal_interval_for_many_seeds():
+    values = np.random.default_rng(1).normal(2.0, 0.5, size=400)
+    lo, hi = bootstrap_ci(values)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert lo < values.mean() < hi
+    assert abs((hi - lo) / 2 - half) < 0.1 * half
+    assert abs((lo + hi) / 2 - values.mean()) < 0.1 * half
+
+
+def test_bootstrap_ci_is_a_point_for_equal_seeds_and_stays_within_their_range():
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
+    lo, hi = bootstrap_ci([-0.5, -0.4, -0.45, -0.3, -0.6])
+    assert -0.6 <= lo < -0.45 < hi <= -0.3
+    wider = bootstrap_ci([-0.5, -0.4, -0.45, -0.3, -0.6], level=0.99)
+    assert wider[0] <= lo and wider[1] >= hi
+
+
+@pytest.mark.parametrize("values, level, match", [([1.0], 0.95, "at least 2"), ([1.0, 2.0], 1.5, "level")])
+def test_bootstrap_ci_refuses_what_it_cannot_bound(values, level, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap_ci(values, level=level)
