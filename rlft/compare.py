@@ -103,6 +103,17 @@ def bootstrap_ci(values, level: float = 0.95, resamples: int = 10_000, seed: int
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
+def paired_difference(a: dict, b: dict) -> str:
+    """`a - b` paired by seed (dicts seed -> value; the seeds both have): the mean difference,
+    its bootstrap interval, and `*` where the interval excludes 0. Pairing removes what two
+    runs with one seed share (the prompts, the noise, the base model's first samples)."""
+    diff = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    if len(diff) < 2:
+        return f"- (seeds in common: {len(diff)})"
+    lo, hi = bootstrap_ci(diff)
+    return f"{np.mean(diff):+.4f} [{lo:+.4f}, {hi:+.4f}]{'*' if lo > 0 or hi < 0 else ' '} seeds={len(diff)}"
+
+
 def seed_mean_curve(seeds: list[list[tuple[float, float]]]) -> list[tuple[float, float, float]]:
     """[(x, mean, std)] over seeds. Where the seeds share their x values (epochs, queries) the
     mean is taken at each x; where they do not (wall time, `time/elapsed_s`), at each point's

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from rlft.compare import bootstrap_ci, main
+from rlft.compare import bootstrap_ci, main, paired_difference
 
 
 def write_run(path, rewards, queries_per_epoch=32):
@@ -106,3 +106,13 @@ def test_bootstrap_ci_is_a_point_for_equal_seeds_and_stays_within_their_range():
 def test_bootstrap_ci_refuses_what_it_cannot_bound(values, level, match):
     with pytest.raises(ValueError, match=match):
         bootstrap_ci(values, level=level)
+
+
+def test_paired_difference_pairs_by_seed_and_marks_an_interval_that_excludes_zero():
+    a = {"0": 1.0, "1": 2.0, "2": 3.0, "3": 4.0}
+    shifted = {s: v - 0.5 + 0.01 * i for i, (s, v) in enumerate(a.items())}  # unpaired, the spread hides 0.5
+    assert paired_difference(a, shifted).startswith("+0.48")
+    assert paired_difference(a, shifted).split()[2].endswith("]*")
+    noisy = {"0": 1.1, "1": 1.9, "2": 3.1, "3": 3.9}
+    assert "*" not in paired_difference(a, noisy)
+    assert paired_difference(a, {"0": 1.0, "9": 2.0}) == "- (seeds in common: 1)"
