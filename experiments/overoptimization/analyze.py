@@ -1,5 +1,5 @@
 """The numbers of this experiment's README, from its sweep's event files:
-    python experiments/overoptimization/analyze.py multirun/overoptimization
+    python experiments/overoptimization/analyze.py multirun/overoptimization [--plot FILE.png]
 
 Per run (PPO on the learned reward under each aggregation, and PPO on the oracle) and per
 evaluation step: the gold reward (eval/oracle_reward), the proxy (eval/proxy_reward, what
@@ -12,6 +12,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import numpy as np
 
 from rlft.compare import bootstrap_ci, find_runs, paired_difference, series
@@ -42,7 +46,28 @@ def cell(values: list[float]) -> str:
     return f"{np.mean(values):+.4f} [{lo:+.4f},{hi:+.4f}]"
 
 
-def main(sweep: Path) -> None:
+def plot(runs: dict, names: list[str], steps: list[float], out: Path) -> None:
+    """Gold (solid) and proxy (dashed) per run, means over seeds: where the dashed line
+    climbs above the solid one, the policy is over-optimising the learned reward."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in names:
+        color = None
+        for metric, style in (("gold", "-"), ("proxy", "--")):
+            xs = [s + 1 for s in steps if any(s in seed[metric] for seed in runs[name].values())]
+            if not xs:
+                continue
+            ys = [np.mean([seed[metric][x - 1] for seed in runs[name].values() if x - 1 in seed[metric]]) for x in xs]
+            (line,) = ax.plot(xs, ys, style, marker="o", markersize=3, color=color, label=f"{name} {metric}")
+            color = line.get_color()
+    ax.set_xlabel("epochs done")
+    ax.set_ylabel("reward on held-out prompts (kB, higher = smaller JPEG)")
+    ax.set_title("PPO on a learned reward: gold (eval/oracle_reward, solid) and proxy (eval/proxy_reward, dashed)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+
+
+def main(sweep: Path, plot_to: Path | None = None) -> None:
     runs = runs_by_name(sweep)
     names = [n for n in NAMES.values() if n in runs]
     steps = sorted({s for n in names for seed in runs[n].values() for s in seed["gold"]})
@@ -52,6 +77,8 @@ def main(sweep: Path) -> None:
         for step in steps:
             row = [cell([seed[metric][step] for seed in runs[n].values() if step in seed[metric]]) for n in names]
             print(f"{step + 1:5.0f} " + "".join(f"{c:>28s}" for c in row))
+    if plot_to:
+        plot(runs, names, steps, plot_to)
     last = steps[-1]
     print(f"\n== paired by seed at the last step ({last + 1:.0f} epochs): other - mean, [95% bootstrap interval]")
     for other in names:
@@ -63,4 +90,4 @@ def main(sweep: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[3]) if sys.argv[2:3] == ["--plot"] else None)
