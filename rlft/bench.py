@@ -14,7 +14,9 @@ a shared, noisy machine better than either time alone:
 - peak memory (RSS; CUDA max_memory_allocated on a GPU);
 - speed for memory: PPO's micro-batch size and UNet gradient checkpointing, SEIKO's
   checkpointing of the chain, each setting timed with its peak memory in a fresh process;
-- trials of channels-last and torch.compile for sampling (`bench.trials=true`).
+- trials of channels-last and torch.compile for sampling (`bench.trials=true`);
+- the work of each measured call in UNet sample-evaluations (`*_unet_evals`, the unit of a
+  run's `work/unet_evals`) and the time per evaluation (`*_ms_per_unet_eval`).
 Prints a table and writes bench.json in the run directory.
 """
 
@@ -62,6 +64,16 @@ def timed_pair(fn, bare, repeats: int) -> tuple[float, float]:
     fn(), bare()
     pairs = [(_seconds(fn), _seconds(bare)) for _ in range(repeats)]
     return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
+
+
+def unet_evals_of(policy, fn) -> int:
+    """The work of one call of `fn` in UNet sample-evaluations (`DiffusionPolicy.count_work`:
+    forward 1, forward + backward 3, checkpointing's recompute 1 more, CFG doubles): the unit
+    in which the run's closing summary and `work/unet_evals` count, so a bench's ms per
+    evaluation prices a run's work."""
+    before = policy.unet_evaluations
+    fn()
+    return policy.unet_evaluations - before
 
 
 def bare_denoiser(policy, latents, timestep, embeds):
@@ -163,8 +175,13 @@ def bench(cfg: DictConfig) -> dict:
         lambda: seiko_step(policy, batch, k, reference, True, optimizer), bare_seiko_step, repeats
     )
 
+    out["sample_unet_evals"] = unet_evals_of(policy, lambda: sample(policy, prompts))
+    out["ppo_train_unet_evals"] = unet_evals_of(
+        policy, lambda: ppo_epoch(policy, traj, mb, a.get("clip_range", 1e-4), optimizer, advantages))
+    out["seiko_step_unet_evals"] = unet_evals_of(policy, lambda: seiko_step(policy, batch, k, reference, True, optimizer))
     for name in ("sample", "ppo_train", "seiko_step"):
         out[f"{name}_ratio"] = out[f"{name}_s"] / out[f"{name}_bare_s"]
+        out[f"{name}_ms_per_unet_eval"] = 1000 * out[f"{name}_s"] / out[f"{name}_unet_evals"]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -248,9 +265,10 @@ def table(r: dict) -> str:
         ("PPO training", f"{r['ppo_timesteps_per_s']:.1f} timesteps/s", r["ppo_train_s"], r["ppo_train_bare_s"], r["ppo_train_ratio"]),
         ("SEIKO step", f"{r['truncation_steps']} steps with grad", r["seiko_step_s"], r["seiko_step_bare_s"], r["seiko_step_ratio"]),
     ]
-    lines = [f"{'':14} {'throughput':>20} {'rlft s':>9} {'bare UNet s':>12} {'ratio':>7} {'outside UNet':>13}"]
-    for name, throughput, actual, bare, ratio in rows:
-        lines.append(f"{name:14} {throughput:>20} {actual:9.3f} {bare:12.3f} {ratio:7.2f} {1 - 1 / ratio:12.0%}")
+    lines = [f"{'':14} {'throughput':>20} {'rlft s':>9} {'bare UNet s':>12} {'ratio':>7} {'outside UNet':>13} {'ms/UNet eval':>13}"]
+    for (name, throughput, actual, bare, ratio), key in zip(rows, ("sample", "ppo_train", "seiko_step")):
+        lines.append(f"{name:14} {throughput:>20} {actual:9.3f} {bare:12.3f} {ratio:7.2f} {1 - 1 / ratio:12.0%} "
+                     f"{r[f'{key}_ms_per_unet_eval']:13.3f}")
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else ""))
     if r.get("memory_trade"):
         lines += ["", "speed for memory (each in a fresh process):",

@@ -12,7 +12,12 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     result = json.loads((run / "bench.json").read_text())
     for name in ("sample", "ppo_train", "seiko_step"):
         assert result[f"{name}_ratio"] > 0 and result[f"{name}_bare_s"] > 0
-    assert result["peak_rss_mb"] > 0 and "outside UNet" in out
+    assert result["peak_rss_mb"] > 0 and "outside UNet" in out and "ms/UNet eval" in out
+    # Work by hand: 4 samples x 2 steps x 2 (CFG) forwards; PPO trains each of them (x 3).
+    assert result["sample_unet_evals"] == 4 * 2 * 2
+    assert result["ppo_train_unet_evals"] == 4 * 2 * 2 * 3
+    assert result["seiko_step_unet_evals"] > 2 * 2 * 2 * 3  # 2 prompts, 2 steps with grad, CFG; + recompute, reference
+    assert result["sample_ms_per_unet_eval"] == 1000 * result["sample_s"] / result["sample_unet_evals"]
     trade = result["memory_trade"]  # each setting measured in its own process
     assert {m["micro_batch"] for m in trade if m["workload"] == "ppo"} == {4, 2, 1}
     assert any(m.get("unet_checkpointing") for m in trade) and {m.get("chain_checkpointing") for m in trade} >= {True, False}
