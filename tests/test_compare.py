@@ -3,7 +3,6 @@
 import csv
 
 import numpy as np
-
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 

@@ -46,9 +46,7 @@ def main(sweep: Path) -> None:
         print(f"\n== {q:g} oracle queries: eval/oracle_reward, mean over seeds [95% bootstrap interval], rank by mean")
         rows = []
         for name in [*seiko, "PPO"]:
-            values = [pts[q] for pts in runs.get(name, {}).values() if q in pts]
-            if name == "PPO" and not values:  # PPO evaluates every epoch: its nearest budget not above q
-                values = [pts[max(x for x in pts if x <= q)] for pts in runs.get(name, {}).values() if pts]
+            values = [pts[q] for pts in runs.get(name, {}).values() if q in pts]  # PPO: every 32 queries
             if len(values) >= 2:
                 rows.append((float(np.mean(values)), name, bootstrap_ci(values), len(values)))
         for rank, (mean, name, (lo, hi), n) in enumerate(sorted(rows, reverse=True), 1):
