@@ -27,13 +27,16 @@ def sample_grid(images: torch.Tensor, prompts: list[str], rewards: torch.Tensor 
 def metric_curves(
     series: dict[str, list[tuple[float, float]]], ylabel: str, xlabel: str = "epoch", title: str = "",
     bands: dict[str, list[tuple[float, float, float]]] | None = None,
+    styles: dict[str, dict] | None = None,
 ):
     """One line per label: label -> [(x, value)], with an optional shaded band per label:
-    label -> [(x, low, high)] (e.g. mean ± std over seeds). Returns a matplotlib Figure."""
+    label -> [(x, low, high)] (e.g. mean ± std over seeds), and optional matplotlib line
+    settings per label (e.g. {"linestyle": "--", "color": "C1"} to pair two curves). Returns
+    a matplotlib Figure."""
     fig, ax = plt.subplots(figsize=(9 if len(series) > 1 else 6, 3.5))
     for label, points in series.items():
         steps, values = zip(*points)
-        (line,) = ax.plot(steps, values, marker="o", markersize=3, label=label)
+        (line,) = ax.plot(steps, values, marker="o", markersize=3, label=label, **(styles or {}).get(label, {}))
         if bands and bands.get(label):
             xs, low, high = zip(*bands[label])
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)

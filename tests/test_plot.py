@@ -36,3 +36,12 @@ def test_against_another_metric(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(rlft.plot, "metric_curves", lambda series, **kw: seen.update(series) or real(series, **kw))
     main([str(run_dir), "--x", "oracle/queries", "--out", str(tmp_path / "c.png")])
     assert [x for x, _ in seen["run"]] == [0.0, 64.0, 128.0]
+
+
+def test_metric_curves_applies_each_labels_line_style():
+    from rlft.visualize import metric_curves
+
+    figure = metric_curves({"a gold": [(1, 0.0), (2, 1.0)], "a proxy": [(1, 0.5), (2, 0.7)]}, ylabel="r",
+                           styles={"a proxy": {"linestyle": "--", "color": "C3"}})
+    gold, proxy = figure.axes[0].get_lines()
+    assert gold.get_linestyle() == "-" and proxy.get_linestyle() == "--" and proxy.get_color() == "C3"

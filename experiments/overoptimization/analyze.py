@@ -12,14 +12,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from rlft.compare import bootstrap_ci, find_runs, paired_difference, series
 from rlft.tensorboard import read_scalars
+from rlft.visualize import metric_curves
 
 NAMES = {  # job folder -> the name the README uses
     "algorithm=ppo,reward=compressibility": "oracle",
@@ -46,25 +43,23 @@ def cell(values: list[float]) -> str:
     return f"{np.mean(values):+.4f} [{lo:+.4f},{hi:+.4f}]"
 
 
-def plot(runs: dict, names: list[str], steps: list[float], out: Path) -> None:
-    """Gold (solid) and proxy (dashed) per run, means over seeds: where the dashed line
-    climbs above the solid one, the policy is over-optimising the learned reward."""
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name in names:
-        color = None
-        for metric, style in (("gold", "-"), ("proxy", "--")):
-            xs = [s + 1 for s in steps if any(s in seed[metric] for seed in runs[name].values())]
-            if not xs:
-                continue
-            ys = [np.mean([seed[metric][x - 1] for seed in runs[name].values() if x - 1 in seed[metric]]) for x in xs]
-            (line,) = ax.plot(xs, ys, style, marker="o", markersize=3, color=color, label=f"{name} {metric}")
-            color = line.get_color()
-    ax.set_xlabel("epochs done")
-    ax.set_ylabel("reward on held-out prompts (kB, higher = smaller JPEG)")
-    ax.set_title("PPO on a learned reward: gold (eval/oracle_reward, solid) and proxy (eval/proxy_reward, dashed)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.savefig(out, dpi=100, bbox_inches="tight")
+def plot(runs: dict, names: list[str], out: Path) -> None:
+    """Gold (solid) and proxy (dashed) per run, one colour a run, means over seeds: where the
+    dashed line climbs above the solid one, the policy is over-optimising the learned reward."""
+    lines, styles = {}, {}
+    for i, name in enumerate(names):
+        for metric, linestyle in (("gold", "-"), ("proxy", "--")):
+            at = defaultdict(list)
+            for seed in runs[name].values():
+                for step, value in seed[metric].items():
+                    at[step + 1].append(value)  # the step is the epoch's index: step + 1 epochs done
+            if at:
+                lines[f"{name} {metric}"] = [(x, float(np.mean(v))) for x, v in sorted(at.items())]
+                styles[f"{name} {metric}"] = {"linestyle": linestyle, "color": f"C{i}"}
+    figure = metric_curves(lines, ylabel="reward on held-out prompts (kB, higher = smaller JPEG)", xlabel="epochs done",
+                           title="PPO on a learned reward: gold (eval/oracle_reward, solid), proxy (eval/proxy_reward, dashed)",
+                           styles=styles)
+    figure.savefig(out, dpi=100, bbox_inches="tight")
 
 
 def main(sweep: Path, plot_to: Path | None = None) -> None:
@@ -78,7 +73,7 @@ def main(sweep: Path, plot_to: Path | None = None) -> None:
             row = [cell([seed[metric][step] for seed in runs[n].values() if step in seed[metric]]) for n in names]
             print(f"{step + 1:5.0f} " + "".join(f"{c:>28s}" for c in row))
     if plot_to:
-        plot(runs, names, steps, plot_to)
+        plot(runs, names, plot_to)
     last = steps[-1]
     print(f"\n== paired by seed at the last step ({last + 1:.0f} epochs): other - mean, [95% bootstrap interval]")
     for other in names:
