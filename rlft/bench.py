@@ -66,14 +66,19 @@ def timed_pair(fn, bare, repeats: int) -> tuple[float, float]:
     return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
 
 
-def unet_evals_of(policy, fn) -> int:
-    """The work of one call of `fn` in UNet sample-evaluations (`DiffusionPolicy.count_work`:
-    forward 1, forward + backward 3, checkpointing's recompute 1 more, CFG doubles): the unit
-    in which the run's closing summary and `work/unet_evals` count, so a bench's ms per
-    evaluation prices a run's work."""
-    before = policy.unet_evaluations
-    fn()
-    return policy.unet_evaluations - before
+def counting_work(policy, fn):
+    """`fn` wrapped to record the work of each call in UNet sample-evaluations
+    (`DiffusionPolicy.count_work`: forward 1, forward + backward 3, checkpointing's recompute 1
+    more, CFG doubles), the unit of a run's `work/unet_evals`, so that a bench's ms per
+    evaluation prices a run's work. Counted in the timed calls themselves: no extra call."""
+    work = []
+
+    def call():
+        before = policy.unet_evaluations
+        fn()
+        work.append(policy.unet_evaluations - before)
+
+    return call, work
 
 
 def bare_denoiser(policy, latents, timestep, embeds):
@@ -132,7 +137,8 @@ def bench(cfg: DictConfig) -> dict:
         with torch.inference_mode():
             for t in timesteps:
                 bare_denoiser(policy, x, t, embeds)
-    out["sample_s"], out["sample_bare_s"] = timed_pair(lambda: sample(policy, prompts), bare_sampling, repeats)
+    sampling, sample_work = counting_work(policy, lambda: sample(policy, prompts))
+    out["sample_s"], out["sample_bare_s"] = timed_pair(sampling, bare_sampling, repeats)
     out["sample_images_per_s"] = len(prompts) / out["sample_s"]
 
     # (b) PPO: every trained timestep of one inner epoch, micro-batches of train_batch_size
@@ -150,9 +156,9 @@ def bench(cfg: DictConfig) -> dict:
                 optimizer.zero_grad(set_to_none=True)
 
     trained = len(prompts) * len(timesteps)
-    out["ppo_train_s"], out["ppo_train_bare_s"] = timed_pair(
-        lambda: ppo_epoch(policy, traj, mb, a.get("clip_range", 1e-4), optimizer, advantages), bare_ppo_steps, repeats
-    )
+    ppo_training, ppo_work = counting_work(
+        policy, lambda: ppo_epoch(policy, traj, mb, a.get("clip_range", 1e-4), optimizer, advantages))
+    out["ppo_train_s"], out["ppo_train_bare_s"] = timed_pair(ppo_training, bare_ppo_steps, repeats)
     out["ppo_timesteps_per_s"] = trained / out["ppo_train_s"]
 
     # (c) SEIKO: gradient through the last k steps of the chain, KL to a frozen reference
@@ -171,15 +177,11 @@ def bench(cfg: DictConfig) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     out["truncation_steps"] = k
-    out["seiko_step_s"], out["seiko_step_bare_s"] = timed_pair(
-        lambda: seiko_step(policy, batch, k, reference, True, optimizer), bare_seiko_step, repeats
-    )
+    seiko_stepping, seiko_work = counting_work(policy, lambda: seiko_step(policy, batch, k, reference, True, optimizer))
+    out["seiko_step_s"], out["seiko_step_bare_s"] = timed_pair(seiko_stepping, bare_seiko_step, repeats)
 
-    out["sample_unet_evals"] = unet_evals_of(policy, lambda: sample(policy, prompts))
-    out["ppo_train_unet_evals"] = unet_evals_of(
-        policy, lambda: ppo_epoch(policy, traj, mb, a.get("clip_range", 1e-4), optimizer, advantages))
-    out["seiko_step_unet_evals"] = unet_evals_of(policy, lambda: seiko_step(policy, batch, k, reference, True, optimizer))
-    for name in ("sample", "ppo_train", "seiko_step"):
+    for name, work in (("sample", sample_work), ("ppo_train", ppo_work), ("seiko_step", seiko_work)):
+        out[f"{name}_unet_evals"] = work[-1]  # every call does the same work
         out[f"{name}_ratio"] = out[f"{name}_s"] / out[f"{name}_bare_s"]
         out[f"{name}_ms_per_unet_eval"] = 1000 * out[f"{name}_s"] / out[f"{name}_unet_evals"]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
