@@ -14,7 +14,11 @@ a shared, noisy machine better than either time alone:
 - peak memory (RSS; CUDA max_memory_allocated on a GPU);
 - speed for memory: PPO's micro-batch size and UNet gradient checkpointing, SEIKO's
   checkpointing of the chain, each setting timed with its peak memory in a fresh process;
-- trials of channels-last and torch.compile for sampling (`bench.trials=true`);
+- `policy.compile` (torch.compile of the denoiser): compiled sampling and PPO training over
+  the same bare eager loops, the compile time, and the ratio over a run of the config's length
+  with the compile time included (`bench.compile`, on);
+- trials of other levers (channels-last, bfloat16 autocast, merged LoRA for sampling) over
+  the same bare loops (`bench.trials=true`);
 - the work of each measured call in UNet sample-evaluations (`*_unet_evals`, the unit of a
   run's `work/unet_evals`) and the time per evaluation (`*_ms_per_unet_eval`).
 Prints a table and writes bench.json in the run directory.
@@ -26,6 +30,7 @@ import re
 import resource
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -82,8 +87,9 @@ def counting_work(policy, fn):
 
 
 def bare_denoiser(policy, latents, timestep, embeds):
-    """The denoiser call `predict` makes, nothing around it (CFG batch doubled)."""
-    denoiser = policy.denoiser
+    """The denoiser call `predict` makes, nothing around it (CFG batch doubled), eager even
+    when the denoiser is compiled (its `forward`, not its compiled `__call__`)."""
+    denoiser = policy.denoiser.forward
     timestep = torch.as_tensor(timestep, device=latents.device).expand(len(latents))
     if policy.guidance_scale == 1.0:
         return run_denoiser(denoiser, latents, timestep, embeds)
@@ -94,7 +100,7 @@ def bare_denoiser(policy, latents, timestep, embeds):
 
 def load_policy(cfg: DictConfig):
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
-    policy = instantiate(cfg.policy, **instantiate(cfg.model.load)).to(device)
+    policy = instantiate(cfg.policy, compile=False, **instantiate(cfg.model.load)).to(device)  # eager: the baseline
     prompts = [cfg.model.prompts.train[i % len(cfg.model.prompts.train)] for i in range(cfg.bench.samples)]
     return policy, prompts, device
 
@@ -184,11 +190,35 @@ def bench(cfg: DictConfig) -> dict:
         out[f"{name}_unet_evals"] = work[-1]  # every call does the same work
         out[f"{name}_ratio"] = out[f"{name}_s"] / out[f"{name}_bare_s"]
         out[f"{name}_ms_per_unet_eval"] = 1000 * out[f"{name}_s"] / out[f"{name}_unet_evals"]
+    phases = {"sample": (sampling, bare_sampling), "ppo_train": (ppo_training, bare_ppo_steps)}
+    if cfg.bench.trials:
+        out["trials"] = trials(policy, phases, repeats)
+    if cfg.bench.compile:  # last: compiling is not undone
+        out |= compiled_figures(cfg, policy, phases)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if cfg.bench.trials:
-        out["trials"] = trials(policy, prompts, repeats)
+    return out
+
+
+def compiled_figures(cfg: DictConfig, policy, phases: dict) -> dict:
+    """`policy.compile` measured: the denoiser compiled in place (with `cfg.policy.compile`'s
+    options when it is a dict), then each phase's own code against the same bare eager loop
+    as above, alternately. `*_compile_s`: the first compiled call less a steady one.
+    `*_compiled_run_ratio`: a run of this config's length (its epochs x samples_per_epoch,
+    PPO's trained fraction of the timesteps) compiled, compile time included, over the
+    eager loop: where compiling pays back within the run, this is below 1."""
+    options = cfg.policy.compile
+    policy.compile_denoiser(OmegaConf.to_container(options) if isinstance(options, DictConfig) else {})
+    per_run = cfg.algorithm.epochs * cfg.data.samples_per_epoch / cfg.bench.samples  # sampling calls a run makes
+    calls = {"sample": per_run, "ppo_train": per_run * cfg.algorithm.timestep_fraction * cfg.algorithm.get("num_inner_epochs", 1)}
+    out = {}
+    for name, (fn, bare) in phases.items():
+        first = _seconds(fn)
+        compiled, eager = timed_pair(fn, bare, cfg.bench.repeats)
+        out[f"{name}_compiled_s"], out[f"{name}_compiled_ratio"] = compiled, compiled / eager
+        out[f"{name}_compile_s"] = max(0.0, first - compiled)
+        out[f"{name}_compiled_run_ratio"] = (calls[name] * compiled + out[f"{name}_compile_s"]) / (calls[name] * eager)
     return out
 
 
@@ -244,20 +274,45 @@ def memory_trade(cfg: DictConfig) -> list[dict]:
 
 
 # -- library speed-ups, tried and measured: kept in rlft only where they win ---------------
-def trials(policy, prompts, repeats: int) -> dict:
-    """Sampling time relative to the eager UNet as loaded: channels-last memory format, and
-    torch.compile (its compilation excluded: the warm-up call)."""
-    eager = timed(lambda: sample(policy, prompts), repeats)
+def trials(policy, phases: dict, repeats: int) -> dict:
+    """CPU and GPU levers other than compiling: each phase's time with the lever over the
+    same bare eager loop (alternately; lower is better): channels-last memory format,
+    bfloat16 autocast, and for sampling the LoRA branch merged into the frozen weights (no
+    gradient is needed there). Each lever is applied and undone around every call (its own
+    cost included), so that the bare loop stays eager."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    lora_layers = [m for m in policy.denoiser.modules() if isinstance(m, BaseTunerLayer)]
+
+    @contextmanager
+    def channels_last():
+        policy.denoiser.to(memory_format=torch.channels_last)
+        try:
+            yield
+        finally:
+            policy.denoiser.to(memory_format=torch.contiguous_format)
+
+    @contextmanager
+    def lora_merged():
+        for layer in lora_layers:
+            layer.merge()
+        try:
+            yield
+        finally:
+            for layer in lora_layers:
+                layer.unmerge()
+
+    levers = {"channels_last": (channels_last, phases),
+              "bf16_autocast": (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16), phases),
+              "lora_merged": (lora_merged, {"sample": phases["sample"]} if lora_layers else {})}
     out = {}
-    policy.denoiser.to(memory_format=torch.channels_last)
-    out["channels_last_speedup"] = eager / timed(lambda: sample(policy, prompts), repeats)
-    policy.denoiser.to(memory_format=torch.contiguous_format)
-    unet = policy.denoiser
-    policy.denoiser = torch.compile(unet)
-    try:
-        out["compile_speedup"] = eager / timed(lambda: sample(policy, prompts), repeats)
-    finally:
-        policy.denoiser = unet
+    for lever, (context, measured) in levers.items():
+        for name, (fn, bare) in measured.items():
+            def with_lever(fn=fn):
+                with context():
+                    fn()
+            lever_s, bare_s = timed_pair(with_lever, bare, repeats)
+            out[f"{name}_{lever}_ratio"] = lever_s / bare_s
     return out
 
 
@@ -279,8 +334,14 @@ def table(r: dict) -> str:
             ckpt = "UNet" if m.get("unet_checkpointing") else "chain" if m.get("chain_checkpointing") else "none"
             unit = "timestep" if m["workload"] == "ppo" else "step"
             lines.append(f"{m['workload']:9} {m['micro_batch']:>11} {ckpt:>14} {m['per_unit_ms']:8.1f}/{unit:<8} {m['peak_above_mb']:14.0f}")
+    if "sample_compiled_ratio" in r:
+        lines += ["", "policy.compile (torch.compile of the denoiser), against the same bare eager loop:",
+                  f"{'':14} {'compiled/eager':>15} {'compile s':>10} {'over a run, compile included':>29}"]
+        for name, key in (("sampling", "sample"), ("PPO training", "ppo_train")):
+            lines.append(f"{name:14} {r[f'{key}_compiled_ratio']:15.2f} {r[f'{key}_compile_s']:10.1f} "
+                         f"{r[f'{key}_compiled_run_ratio']:29.2f}")
     if r.get("trials"):
-        lines += ["", "sampling speed-up over the eager UNet: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["trials"].items())]
+        lines += ["", "other levers, time over the bare eager loop: " + ", ".join(f"{k} {v:.2f}" for k, v in r["trials"].items())]
     return "\n".join(lines)
 
 

@@ -2,13 +2,16 @@
 
 import json
 
+import pytest
+
 from tests.test_end_to_end import run_rlft
 
 
 def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     run = tmp_path / "bench"
     out = run_rlft(f"model.pretrained={tiny_model_dir}", "bench.repeats=1", "bench.samples=4", "policy.num_steps=2",
-                   "algorithm.train_batch_size=2", f"hydra.run.dir={run}", module="rlft.bench", cwd=tmp_path).stdout
+                   "algorithm.train_batch_size=2", "bench.trials=true", "policy.compile={backend:eager}", f"hydra.run.dir={run}",
+                   module="rlft.bench", cwd=tmp_path).stdout
     result = json.loads((run / "bench.json").read_text())
     for name in ("sample", "ppo_train", "seiko_step"):
         assert result[f"{name}_ratio"] > 0 and result[f"{name}_bare_s"] > 0
@@ -23,3 +26,15 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     assert any(m.get("unet_checkpointing") for m in trade) and {m.get("chain_checkpointing") for m in trade} >= {True, False}
     assert all(m["seconds"] > 0 and m["peak_above_mb"] >= 0 for m in trade)
     assert "speed for memory" in out
+    # policy.compile (here with the eager backend: the code path, not inductor's minutes): ratios, compile time, a run's projection.
+    for name in ("sample", "ppo_train"):
+        assert result[f"{name}_compiled_ratio"] > 0 and result[f"{name}_compile_s"] >= 0
+        per_call = result[f"{name}_compiled_s"] / result[f"{name}_compiled_ratio"]  # the eager loop's time
+        calls = 20 * 64 / 4 * (1 if name == "sample" else 1.0)  # the config's epochs x samples / bench.samples
+        assert result[f"{name}_compiled_run_ratio"] == pytest.approx(
+            (calls * result[f"{name}_compiled_s"] + result[f"{name}_compile_s"]) / (calls * per_call))
+    assert "policy.compile" in out
+    trials = result["trials"]
+    assert set(trials) == {"sample_channels_last_ratio", "ppo_train_channels_last_ratio", "sample_bf16_autocast_ratio",
+                           "ppo_train_bf16_autocast_ratio", "sample_lora_merged_ratio"}
+    assert all(v > 0 for v in trials.values())

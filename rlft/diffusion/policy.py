@@ -42,6 +42,11 @@ class PromptEmbeds:
         """A batch-1 embedding repeated `batch` times (a view: no copy)."""
         return PromptEmbeds(self.tokens.expand(batch, -1, -1), None if self.pooled is None else self.pooled.expand(batch, -1))
 
+    def padded(self, batch: int) -> "PromptEmbeds":
+        """The batch with its first row repeated up to `batch` rows (`DiffusionPolicy.compile`)."""
+        pad = lambda x: None if x is None else torch.cat([x, x[:1].expand(batch - len(x), *x.shape[1:])])
+        return PromptEmbeds(pad(self.tokens), pad(self.pooled))
+
     def to(self, dtype: torch.dtype) -> "PromptEmbeds":
         return PromptEmbeds(self.tokens.to(dtype), None if self.pooled is None else self.pooled.to(dtype))
 
@@ -98,6 +103,12 @@ class DiffusionPolicy(nn.Module):
     None takes the family's public default. `latent_size` (None: the denoiser's own
     sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
     frozen model (`rlft.models.fingerprint`), which checkpoints store in its place.
+
+    `compile`: torch.compile the denoiser (True, or a dict of torch.compile's arguments),
+    with static shapes: a batch smaller than one already compiled (with gradient or
+    without) is padded up to it (`graph_batch`), so that a run compiles one graph per phase
+    (sampling, training), not one more for each smaller last chunk. The padding rows are
+    computed and discarded, and not counted as work.
     """
 
     def __init__(
@@ -118,6 +129,7 @@ class DiffusionPolicy(nn.Module):
         negative_prompt: str = "",
         latent_size: int | None = None,
         base: dict | None = None,
+        compile: bool | dict = False,
     ):
         super().__init__()
         self.denoiser = denoiser
@@ -150,11 +162,32 @@ class DiffusionPolicy(nn.Module):
             # Adam's updates of size lr * 1e-3 would vanish in float16.
             for param in self.trainable_parameters():
                 param.data = param.data.float()
+        self.compiled = False
+        self.compiled_batches = {}  # gradient enabled -> the batch sizes compiled graphs were built for
+        if compile:
+            self.compile_denoiser(compile if isinstance(compile, dict) else {})
         # The unconditional (negative-prompt) embedding of classifier-free guidance never
         # changes: encode it once.
         uncond = self.encode_prompts([negative_prompt])
         self.register_buffer("uncond_tokens", uncond.tokens, persistent=False)
         self.register_buffer("uncond_pooled", uncond.pooled, persistent=False)
+
+    def compile_denoiser(self, options: dict) -> None:
+        """torch.compile the denoiser in place (`nn.Module.compile`: its state dict, LoRA
+        export and checkpoints unchanged), static shapes unless `options` say otherwise."""
+        self.denoiser.compile(**{"dynamic": False, **options})
+        self.compiled = True
+
+    def graph_batch(self, batch: int) -> int:
+        """The batch size to run `batch` rows at under `compile`: the smallest one already
+        compiled (with or without gradient, as now) that holds them, else `batch` itself,
+        which compiles one graph more. So a phase whose first call is its largest (sampling
+        chunks, PPO's micro-batches) compiles once, and a larger one elsewhere (evaluation)
+        adds its own graph without making the others pad up to it."""
+        sizes = self.compiled_batches.setdefault(torch.is_grad_enabled(), set())
+        size = min((s for s in sizes if s >= batch), default=batch)
+        sizes.add(size)
+        return size
 
     @property
     def device(self) -> torch.device:
@@ -189,6 +222,11 @@ class DiffusionPolicy(nn.Module):
         denoiser = self.denoiser
         dtype = denoiser.dtype
         timesteps = torch.as_tensor(timesteps, device=latents.device).expand(len(latents))
+        if self.compiled:
+            size = self.graph_batch(len(latents))
+            if size > len(latents):  # a smaller last chunk runs in a graph already compiled for a larger one
+                pad = lambda x: torch.cat([x, x[:1].expand(size - len(latents), *x.shape[1:])])
+                return self.guided_prediction(pad(latents), pad(timesteps), prompt_embeds.padded(size))[: len(latents)]
         if self.guidance_scale == 1.0:
             return run_denoiser(denoiser, latents.to(dtype), timesteps, prompt_embeds.to(dtype))
         uncond = PromptEmbeds(self.uncond_tokens, self.uncond_pooled).expand(len(latents))
