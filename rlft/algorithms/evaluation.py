@@ -5,6 +5,7 @@ from typing import Callable
 import lightning as L
 import torch
 
+from rlft.algorithms.scored_sampling import sample_and_score
 from rlft.answers import AnswerStore
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
@@ -55,10 +56,13 @@ class HeldOutEvaluation:
         prompts = everything[mine.start : mine.stop]
         noise = sample_generators(self.seed, "eval", 0, mine, policy.device)
         before = policy.unet_evaluations
-        images = policy.sample_batched(prompts, self.batch_size, noise, progress, desc="evaluating").images
-        self.unet_evaluations += policy.unet_evaluations - before
         answers = answers or AnswerStore()
-        rewards = answers.ask(f"{key}/samples={mine.start}-{mine.stop}", images, prompts, self.reward_fn)
+        # Each chunk decoded and scored while the next samples: the pass costs its sampling, not more.
+        ask = lambda part, chunk: answers.ask(f"{key}/samples={mine.start + chunk.start}-{mine.start + chunk.stop}",
+                                              part.images, part.prompts, self.reward_fn)
+        trajectories, asked = sample_and_score(policy, prompts, self.batch_size, noise, ask, progress=progress, desc="evaluating")
+        self.unet_evaluations += policy.unet_evaluations - before
+        images, rewards = trajectories.images, torch.cat(asked)
         every_reward = gather(rewards, world)
         finite = every_reward[torch.isfinite(every_reward)]  # a NaN here is counted by nobody: measure what is there
         return float(finite.mean()) if len(finite) else float("nan"), images, prompts, rewards

@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +25,7 @@ from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, train
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.queries import query_fresh_samples
+from rlft.algorithms.scored_sampling import sample_and_score
 from rlft.answers import AnswerStore
 from rlft.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators
@@ -217,6 +217,7 @@ class OnlineRL(L.LightningModule):
             (self.current_epoch + 1) % self.eval_every_n_epochs == 0 or self.current_epoch == self.trainer.max_epochs - 1
         ):
             show = self.progress and self.trainer.is_global_zero
+            t_eval = time.perf_counter()
             metrics["eval/oracle_reward"], images, eval_prompts, _ = self.evaluation(
                 self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
                 self.answers, f"eval/epoch={self.current_epoch:05d}",
@@ -224,6 +225,7 @@ class OnlineRL(L.LightningModule):
             if self.learned is not None:  # what the policy optimises, on the same held-out samples
                 metrics["eval/proxy_reward"] = float(gather(self.learned(images, eval_prompts), world).mean())
                 metrics["eval/proxy_gap"] = metrics["eval/proxy_reward"] - metrics["eval/oracle_reward"]
+            metrics |= mean_over_ranks({"time/eval_s": time.perf_counter() - t_eval}, world)
             stop_if_requested(self.trainer)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
         if self.first_reward_mean is None:
@@ -232,27 +234,19 @@ class OnlineRL(L.LightningModule):
         self.log_samples(trajectories, local_rewards)
 
     def sample_and_score(self, prompts: list[str], indices: range) -> tuple[Trajectories, torch.Tensor, float]:
-        """Sample in chunks of `sample_batch_size`; with `async_reward` each chunk is scored
-        in a worker thread while the next one samples (as ddpo-pytorch does), which hides a
-        slow reward (JPEG encoding, a remote service) behind UNet compute. `indices`: the
-        prompts' places in the epoch's global batch, which name each sample's noise.
+        """Sample in chunks of `sample_batch_size`; with `async_reward` each chunk is decoded
+        and scored in a worker thread while the next one samples (as ddpo-pytorch does for the
+        reward), which hides the VAE and a slow reward (JPEG encoding, a remote service) behind
+        denoiser compute. `indices`: the prompts' places in the epoch's global batch, which
+        name each sample's noise.
         -> (trajectories, rewards (B,) possibly non-finite, seconds spent in the reward)"""
-        show = self.progress and self.trainer.is_global_zero
-        parts, futures = [], []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward") as pool:
-            for start in tqdm(range(0, len(prompts), self.sample_batch_size), desc="sampling", leave=False,
-                              disable=None if show else True):
-                stop_if_requested(self.trainer)
-                chunk = range(start, min(start + self.sample_batch_size, len(prompts)))
-                noise = sample_generators(self.seed, "rollout", self.current_epoch, indices[chunk.start : chunk.stop], self.device)
-                part = self.policy.sample(prompts[chunk.start : chunk.stop], generator=noise)
-                parts.append(part)
-                futures.append(pool.submit(self.score, part, indices[chunk.start : chunk.stop]))
-                if not self.async_reward:
-                    futures[-1].result()
-            results = [future.result() for future in futures]
-        rewards = torch.cat([r for r, _ in results])
-        return Trajectories.cat(parts), rewards, sum(seconds for _, seconds in results)
+        noise = sample_generators(self.seed, "rollout", self.current_epoch, indices, self.device)
+        traj, results = sample_and_score(
+            self.policy, prompts, self.sample_batch_size, noise,
+            lambda part, chunk: self.score(part, indices[chunk.start : chunk.stop]), overlap=self.async_reward,
+            progress=self.progress and self.trainer.is_global_zero, before_chunk=lambda: stop_if_requested(self.trainer),
+        )
+        return traj, torch.cat([r for r, _ in results]), sum(seconds for _, seconds in results)
 
     @torch.no_grad()
     def score(self, trajectories: Trajectories, indices: range) -> tuple[torch.Tensor, float]:

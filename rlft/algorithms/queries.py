@@ -7,6 +7,7 @@ from typing import Callable
 import lightning as L
 import torch
 
+from rlft.algorithms.scored_sampling import sample_and_score
 from rlft.answers import AnswerStore
 from rlft.diffusion.noise import sample_generators, stream_generator
 from rlft.diffusion.policy import DiffusionPolicy
@@ -28,10 +29,7 @@ def query_fresh_samples(policy: DiffusionPolicy, prompts: list[str], n: int, ora
     mine = shard(n, rank, world)
     my_prompts = drawn[mine.start : mine.stop]
     noise = sample_generators(seed, stream, index, mine, policy.device)
-    images = policy.sample_batched(my_prompts, batch_size, noise, progress=progress, desc=f"{key}: {n} queries").images
-    asked = []
-    for i in range(0, len(my_prompts), batch_size):
-        chunk = my_prompts[i : i + batch_size]
-        asked.append(answers.ask(f"{key}/samples={mine.start + i}-{mine.start + i + len(chunk)}",
-                                 images[i : i + batch_size], chunk, oracle))
-    return images, gather(torch.cat(asked), world)
+    ask = lambda part, chunk: answers.ask(f"{key}/samples={mine.start + chunk.start}-{mine.start + chunk.stop}",
+                                          part.images, part.prompts, oracle)
+    trajectories, asked = sample_and_score(policy, my_prompts, batch_size, noise, ask, progress=progress, desc=f"{key}: {n} queries")
+    return trajectories.images, gather(torch.cat(asked), world)

@@ -76,7 +76,7 @@ class Trajectories:
     next_latents: torch.Tensor  # (B, T, C, H, W): x_t' after each step
     log_probs: torch.Tensor  # (B, T)
     timesteps: torch.Tensor  # (B, T)
-    images: torch.Tensor  # (B, C, H', W') in [0, 1]
+    images: torch.Tensor | None  # (B, C, H', W') in [0, 1]; None until decoded (`sample(decode=False)`)
     final_latents: torch.Tensor  # (B, C, H, W): the clean sample x_0 that `images` decode (DiffusionNFT trains on it)
 
     def __len__(self) -> int:
@@ -247,9 +247,11 @@ class DiffusionPolicy(nn.Module):
         return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], generator: Generator = None, progress: bool = False) -> Trajectories:
+    def sample(self, prompts: list[str], generator: Generator = None, progress: bool = False, decode: bool = True) -> Trajectories:
         """`generator`: None (the global RNG), one generator, or one per prompt
-        (`rlft.diffusion.noise.sample_generators`: each sample's noise its own)."""
+        (`rlft.diffusion.noise.sample_generators`: each sample's noise its own).
+        `decode=False`: `images` is None, for the caller to decode elsewhere
+        (`rlft.algorithms.scored_sampling`: behind the next chunk's sampling)."""
         embeds = self.encode_prompts(prompts)
         x = self.initial_latents(len(prompts), generator)
         latents, next_latents, log_probs, stochastic = [], [], [], []
@@ -272,7 +274,7 @@ class DiffusionPolicy(nn.Module):
             next_latents=torch.stack(next_latents, dim=1),
             log_probs=torch.stack(log_probs, dim=1),
             timesteps=torch.stack(stochastic).unsqueeze(0).expand(len(prompts), -1),
-            images=self.decode(x),
+            images=self.decode(x) if decode else None,
             final_latents=x,
         )
 
@@ -317,20 +319,6 @@ class DiffusionPolicy(nn.Module):
                     kl = kl + gaussian_kl_equal_std(step.mean, ref.mean, step.std, self.reduction)
             x = step.prev_sample
         return self.decode(x), kl
-
-    @torch.no_grad()
-    def sample_batched(
-        self, prompts: list[str], batch_size: int, generator: Generator = None,
-        progress: bool = False, desc: str = "sampling",
-    ) -> Trajectories:
-        """`sample` in chunks of `batch_size` (memory), with a progress bar on a terminal.
-        A list of generators (one per prompt) is split with the prompts."""
-        chunks = range(0, len(prompts), batch_size)
-        part = lambda i: generator[i : i + batch_size] if isinstance(generator, list) else generator
-        return Trajectories.cat([
-            self.sample(prompts[i : i + batch_size], generator=part(i))
-            for i in tqdm(chunks, desc=desc, leave=False, disable=None if progress else True)
-        ])
 
     def log_prob(
         self, latents: torch.Tensor, next_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds

@@ -1,0 +1,56 @@
+"""Sampling in chunks with each chunk's decoding and scoring behind the next chunk's sampling:
+what the online algorithms' rollouts, the held-out evaluation and the oracle queries share.
+
+The denoiser is the bulk of the work; the VAE decode and the reward (JPEG encoding, an
+aesthetic model, a remote service) of chunk i run in one worker thread while chunk i + 1
+samples (ddpo-pytorch overlaps the reward this way; the decode is moved there too). PyTorch
+releases the GIL in its kernels, so on a CPU the two share the cores, and on a GPU the
+worker's Python and host work hides behind the sampler's kernels.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from rlft.diffusion.policy import DiffusionPolicy, Trajectories
+
+T = TypeVar("T")
+
+
+def sample_and_score(
+    policy: DiffusionPolicy,
+    prompts: list[str],
+    batch_size: int,
+    generators: list[torch.Generator],
+    score: Callable[[Trajectories, range], T],
+    overlap: bool = True,
+    progress: bool = False,
+    desc: str = "sampling",
+    before_chunk: Callable[[], None] | None = None,
+) -> tuple[Trajectories, list[T]]:
+    """Sample `prompts` (one generator each) in chunks of `batch_size`; each chunk is decoded
+    and then scored, `score(chunk's trajectories, chunk's positions in prompts)`, in the worker
+    while the next chunk samples (`overlap=False`: before it). `before_chunk` runs before each
+    chunk samples (a graceful stop's check). -> (all trajectories with images, the score of
+    each chunk in order)"""
+    parts, futures = [], []
+
+    @torch.no_grad()  # grad mode is per thread: the worker's must be set too
+    def decode_and_score(part: Trajectories, chunk: range) -> T:
+        part.images = policy.decode(part.final_latents)
+        return score(part, chunk)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-score") as worker:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None if progress else True):
+            if before_chunk is not None:
+                before_chunk()
+            chunk = range(start, min(start + batch_size, len(prompts)))
+            part = policy.sample(prompts[chunk.start : chunk.stop], generator=generators[chunk.start : chunk.stop], decode=False)
+            parts.append(part)
+            futures.append(worker.submit(decode_and_score, part, chunk))
+            if not overlap:
+                futures[-1].result()
+        scores = [future.result() for future in futures]  # re-raises a worker's exception here
+    return Trajectories.cat(parts), scores
