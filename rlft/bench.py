@@ -21,7 +21,8 @@ a shared, noisy machine better than either time alone:
   the same bare loops (`bench.trials=true`);
 - the work of each measured call in UNet sample-evaluations (`*_unet_evals`, the unit of a
   run's `work/unet_evals`) and the time per evaluation (`*_ms_per_unet_eval`).
-Prints a table and writes bench.json in the run directory.
+Prints a table and writes bench.json in the run directory, and bench.md: the README's
+Performance table made from it.
 """
 
 import json
@@ -98,6 +99,18 @@ def bare_denoiser(policy, latents, timestep, embeds):
                         PromptEmbeds.cat([uncond, embeds]))
 
 
+def machine() -> str:
+    """What the timings came from: the CPU's model, cores and widest vector unit (the same
+    run differs by up to 4x between 2-core machines: README "Performance"), or the GPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = lambda name: (re.search(rf"{name}\s*:\s*(.+)", info) or [None, ""])[1]
+    flags = field("flags").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{field('model name') or 'unknown CPU'}, {torch.get_num_threads()} threads, {vector}"
+
+
 def load_policy(cfg: DictConfig):
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     policy = instantiate(cfg.policy, compile=False, **instantiate(cfg.model.load)).to(device)  # eager: the baseline
@@ -135,7 +148,7 @@ def bench(cfg: DictConfig) -> dict:
     timesteps = policy.sampler.timesteps.to(device)
     x = policy.initial_latents(len(prompts))
     repeats = cfg.bench.repeats
-    out = {"device": device, "samples": len(prompts), "num_steps": len(timesteps),
+    out = {"device": device, "machine": machine(), "samples": len(prompts), "num_steps": len(timesteps),
            "trainable_parameters": sum(p.numel() for p in policy.trainable_parameters())}
 
     # (a) sampling
@@ -326,6 +339,7 @@ def table(r: dict) -> str:
     for (name, throughput, actual, bare, ratio), key in zip(rows, ("sample", "ppo_train", "seiko_step")):
         lines.append(f"{name:14} {throughput:>20} {actual:9.3f} {bare:12.3f} {ratio:7.2f} {1 - 1 / ratio:12.0%} "
                      f"{r[f'{key}_ms_per_unet_eval']:13.3f}")
+    lines.insert(0, f"on {r['machine']}")
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else ""))
     if r.get("memory_trade"):
         lines += ["", "speed for memory (each in a fresh process):",
@@ -343,6 +357,26 @@ def table(r: dict) -> str:
     if r.get("trials"):
         lines += ["", "other levers, time over the bare eager loop: " + ", ".join(f"{k} {v:.2f}" for k, v in r["trials"].items())]
     return "\n".join(lines)
+
+
+def markdown(r: dict) -> str:
+    """The README's Performance table, from bench.json's figures (`bench.md` beside it)."""
+    compiled = "sample_compiled_ratio" in r
+    head = "| | throughput | rlft | bare UNet | ratio | UNet evals | ms per eval |"
+    lines = [f"On {r['machine']}, {r['samples']} images, {r['num_steps']} steps, medians of the repeats:", "",
+             head + (" compiled / eager | compile | a run's ratio, compile included |" if compiled else ""),
+             "|---" * (head.count("|") - 1 + 3 * compiled) + "|"]
+    rows = (("sampling", "sample", f"{r['sample_images_per_s']:.1f} images/s"),
+            ("PPO training", "ppo_train", f"{r['ppo_timesteps_per_s']:.0f} trained timesteps/s"),
+            ("SEIKO step", "seiko_step", f"{r['truncation_steps']} steps with gradient"))
+    for name, key, throughput in rows:
+        line = (f"| {name} | {throughput} | {r[f'{key}_s']:.2f} s | {r[f'{key}_bare_s']:.2f} s | {r[f'{key}_ratio']:.2f} "
+                f"| {r[f'{key}_unet_evals']} | {r[f'{key}_ms_per_unet_eval']:.2f} |")
+        if compiled:
+            line += (f" {r[f'{key}_compiled_ratio']:.2f} | {r[f'{key}_compile_s']:.0f} s | {r[f'{key}_compiled_run_ratio']:.2f} |"
+                     if f"{key}_compiled_ratio" in r else " | | |")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def write_size_check(workdir: str) -> None:
@@ -365,7 +399,8 @@ def main(cfg: DictConfig) -> None:
     print(table(result))
     path = Path(HydraConfig.get().runtime.output_dir) / "bench.json"
     path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    path.with_name("bench.md").write_text(markdown(result))
+    print(f"wrote {path} and bench.md (the README's table)")
 
 
 check_config_dir()

@@ -13,6 +13,7 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
                    "algorithm.train_batch_size=2", "bench.trials=true", "policy.compile={backend:eager}", f"hydra.run.dir={run}",
                    module="rlft.bench", cwd=tmp_path).stdout
     result = json.loads((run / "bench.json").read_text())
+    assert result["machine"] and f"on {result['machine']}" in out  # which CPU (or GPU) the timings came from
     for name in ("sample", "ppo_train", "seiko_step"):
         assert result[f"{name}_ratio"] > 0 and result[f"{name}_bare_s"] > 0
     assert result["peak_rss_mb"] > 0 and "outside UNet" in out and "ms/UNet eval" in out
@@ -34,6 +35,12 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
         assert result[f"{name}_compiled_run_ratio"] == pytest.approx(
             (calls * result[f"{name}_compiled_s"] + result[f"{name}_compile_s"]) / (calls * per_call))
     assert "policy.compile" in out
+    # bench.md: the README's table, one row per workload with its measured figures.
+    rows = {line.split("|")[1].strip(): line for line in (run / "bench.md").read_text().splitlines() if line.startswith("| ")}
+    for label, key in (("sampling", "sample"), ("PPO training", "ppo_train"), ("SEIKO step", "seiko_step")):
+        assert f"| {result[f'{key}_ratio']:.2f} | {result[f'{key}_unet_evals']} |" in rows[label]
+    for label, key in (("sampling", "sample"), ("PPO training", "ppo_train")):
+        assert f"| {result[f'{key}_compiled_ratio']:.2f} |" in rows[label]
     trials = result["trials"]
     assert set(trials) == {"sample_channels_last_ratio", "ppo_train_channels_last_ratio", "sample_bf16_autocast_ratio",
                            "ppo_train_bf16_autocast_ratio", "sample_lora_merged_ratio"}
