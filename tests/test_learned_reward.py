@@ -59,7 +59,7 @@ def test_it_refits_before_epoch_0_then_every_period_once_and_never_answers_unfit
 @pytest.mark.parametrize("overrides,match", [
     (["reward.queries=1"], "reward.queries=1 is invalid: with reward.val_fraction=0.1 it leaves 1 answer.s. for validation"),
     (["reward.val_fraction=1.0"], "reward.val_fraction=1.0 is invalid: must be in"),
-    (["reward.refresh_every_n_epochs=20"], "the run has 20 epochs, so it would never refit"),
+    (["reward.refresh_every_n_epochs=18"], "the run has 18 epochs, so it would never refit"),
     (["reward.refresh_every_n_epochs=-1"], "must be an integer >= 0"),
     (["algorithm=seiko"], "algorithm=seiko fits its own reward model on the oracle"),
     (["trainer.devices=2", "trainer.strategy=ddp"], "must be 1 with reward=ensemble"),
