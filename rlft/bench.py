@@ -111,6 +111,13 @@ def machine() -> str:
     return f"{field('model name') or 'unknown CPU'}, {torch.get_num_threads()} threads, {vector}"
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
 def load_policy(cfg: DictConfig):
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     policy = instantiate(cfg.policy, compile=False, **instantiate(cfg.model.load)).to(device)  # eager: the baseline
@@ -290,9 +297,11 @@ def memory_trade(cfg: DictConfig) -> list[dict]:
 def trials(policy, phases: dict, repeats: int) -> dict:
     """CPU and GPU levers other than compiling: each phase's time with the lever over the
     same bare eager loop (alternately; lower is better): channels-last memory format,
-    bfloat16 autocast, and for sampling the LoRA branch merged into the frozen weights (no
-    gradient is needed there). Each lever is applied and undone around every call (its own
-    cost included), so that the bare loop stays eager."""
+    bfloat16 autocast where the processor computes in bfloat16 (a GPU, or a CPU with
+    AVX-512-BF16 or AMX: elsewhere it is emulated, 10x slower or more, and not measured), and
+    for sampling the LoRA branch merged into the frozen weights (no gradient is needed
+    there). Each lever is applied and undone around every call (its own cost included), so
+    that the bare loop stays eager."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     lora_layers = [m for m in policy.denoiser.modules() if isinstance(m, BaseTunerLayer)]
@@ -316,7 +325,8 @@ def trials(policy, phases: dict, repeats: int) -> dict:
                 layer.unmerge()
 
     levers = {"channels_last": (channels_last, phases),
-              "bf16_autocast": (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16), phases),
+              "bf16_autocast": (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16),
+                                phases if native_bfloat16(policy.device) else {}),
               "lora_merged": (lora_merged, {"sample": phases["sample"]} if lora_layers else {})}
     out = {}
     for lever, (context, measured) in levers.items():
