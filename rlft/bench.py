@@ -104,18 +104,23 @@ def machine() -> str:
     run differs by up to 4x between 2-core machines: README "Performance"), or the GPU."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    field = lambda name: (re.search(rf"{name}\s*:\s*(.+)", info) or [None, ""])[1]
-    flags = field("flags").split()
+    flags = cpuinfo("flags").split()
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{field('model name') or 'unknown CPU'}, {torch.get_num_threads()} threads, {vector}"
+    return f"{cpuinfo('model name') or 'unknown CPU'}, {torch.get_num_threads()} threads, {vector}"
+
+
+def cpuinfo(field: str) -> str:
+    """A field of /proc/cpuinfo's first processor ('' where there is none)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    match = re.search(rf"{field}\s*:\s*(.+)", info)
+    return match.group(1) if match else ""
 
 
 def native_bfloat16(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16 (elsewhere autocast to it is emulated)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    return any(flag in cpuinfo("flags").split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def load_policy(cfg: DictConfig):
