@@ -18,7 +18,9 @@ import torch
 from rlft.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
 
-TINY = ["policy.num_steps=3", "trainer.accelerator=cpu", "reward=digit_alignment", "data.samples_per_epoch=8"]
+# Every timestep trained: with a fraction, which ones each rank trains depends on its own shuffle.
+TINY = ["policy.num_steps=3", "trainer.accelerator=cpu", "reward=digit_alignment", "data.samples_per_epoch=8",
+        "algorithm.timestep_fraction=1.0"]
 
 
 def two_and_one(tmp_path, model_dir, common: list[str], one: list[str], two: list[str]):

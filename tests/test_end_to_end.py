@@ -19,6 +19,7 @@ TINY_RUN = [
     "algorithm.train_batch_size=4",
     "algorithm.gradient_accumulation_steps=2",
     "policy.num_steps=3",
+    "algorithm.timestep_fraction=1.0",  # every timestep trained (the default's 0.25 would train 1 of 3): the counts below
 ]
 REQUIRED_METRICS = [
     "reward/mean", "reward/std", "train/loss", "train/approx_kl", "train/clipfrac",
