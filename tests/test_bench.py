@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from rlft.bench import native_bfloat16
 from tests.test_end_to_end import run_rlft
@@ -33,7 +34,8 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     for name in ("sample", "ppo_train"):
         assert result[f"{name}_compiled_ratio"] > 0 and result[f"{name}_compile_s"] >= 0
         per_call = result[f"{name}_compiled_s"] / result[f"{name}_compiled_ratio"]  # the eager loop's time
-        calls = 20 * 64 / 4 * (1 if name == "sample" else 1.0)  # the config's epochs x samples / bench.samples
+        cfg = OmegaConf.load(run / ".hydra" / "config.yaml").algorithm
+        calls = cfg.epochs * 64 / 4 * (1 if name == "sample" else cfg.timestep_fraction)  # epochs x samples / bench.samples
         assert result[f"{name}_compiled_run_ratio"] == pytest.approx(
             (calls * result[f"{name}_compiled_s"] + result[f"{name}_compile_s"]) / (calls * per_call))
     assert "policy.compile" in out
