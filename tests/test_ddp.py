@@ -19,8 +19,10 @@ from rlft.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
 
 # Every timestep trained: with a fraction, which ones each rank trains depends on its own shuffle.
-TINY = ["policy.num_steps=3", "trainer.accelerator=cpu", "reward=digit_alignment", "data.samples_per_epoch=8",
-        "algorithm.timestep_fraction=1.0"]
+TINY = ["policy.num_steps=3", "trainer.accelerator=cpu", "reward=digit_alignment", "data.samples_per_epoch=8"]
+# The online algorithms train every timestep here: a subset is drawn on each rank, which would
+# make 1 and 2 processes train different timesteps (SEIKO has no such setting).
+ALL_TIMESTEPS = "algorithm.timestep_fraction=1.0"
 
 
 def two_and_one(tmp_path, model_dir, common: list[str], one: list[str], two: list[str]):
@@ -58,8 +60,8 @@ def assert_same_run(one, two, must_move: list[str], weight_atol: float = 1e-4) -
 def test_ppo_on_two_processes_equals_one(tiny_model_dir, tmp_path):
     one, two = two_and_one(
         tmp_path, tiny_model_dir,
-        ["trainer.max_epochs=2", "algorithm.num_inner_epochs=2", "algorithm.gradient_accumulation_steps=2",
-         "algorithm.clip_range=1e-3", "algorithm.module.eval_every_n_epochs=1"],
+        [ALL_TIMESTEPS, "trainer.max_epochs=2", "algorithm.num_inner_epochs=2",
+         "algorithm.gradient_accumulation_steps=2", "algorithm.clip_range=1e-3", "algorithm.module.eval_every_n_epochs=1"],
         one=["algorithm.sample_batch_size=8", "algorithm.train_batch_size=4"],
         two=["algorithm.sample_batch_size=4", "algorithm.train_batch_size=2"],  # per device
     )
@@ -72,7 +74,7 @@ def test_grpo_on_two_processes_equals_one(tiny_model_dir, tmp_path):
     base forward inside DDP's accumulated backward passes."""
     one, two = two_and_one(
         tmp_path, tiny_model_dir,
-        ["algorithm=grpo", "algorithm.group_size=4", "algorithm.kl_weight=0.1", "trainer.max_epochs=2",
+        ["algorithm=grpo", ALL_TIMESTEPS, "algorithm.group_size=4", "algorithm.kl_weight=0.1", "trainer.max_epochs=2",
          "algorithm.gradient_accumulation_steps=2", "algorithm.clip_range=1e-3"],
         one=["algorithm.sample_batch_size=8", "algorithm.train_batch_size=4"],
         two=["algorithm.sample_batch_size=4", "algorithm.train_batch_size=2"],
