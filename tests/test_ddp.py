@@ -18,7 +18,6 @@ import torch
 from rlft.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
 
-# Every timestep trained: with a fraction, which ones each rank trains depends on its own shuffle.
 TINY = ["policy.num_steps=3", "trainer.accelerator=cpu", "reward=digit_alignment", "data.samples_per_epoch=8"]
 # The online algorithms train every timestep here: a subset is drawn on each rank, which would
 # make 1 and 2 processes train different timesteps (SEIKO has no such setting).
