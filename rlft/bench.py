@@ -112,7 +112,7 @@ def machine() -> str:
 def cpuinfo(field: str) -> str:
     """A field of /proc/cpuinfo's first processor ('' where there is none)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    match = re.search(rf"{field}\s*:\s*(.+)", info)
+    match = re.search(rf"^{re.escape(field)}[ \t]*:[ \t]*(.*)$", info, re.MULTILINE)  # "flags", not "vmx flags"
     return match.group(1) if match else ""
 
 
