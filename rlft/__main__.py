@@ -1,3 +1,3 @@
-from rlft.cli import main
+from rlft.run.cli import main
 
 main()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlft.train import build, resume_path
+from rlft.run.train import build, resume_path
 from tests.test_config import compose_cfg
 
 README = Path(__file__).parents[1] / "README.md"

@@ -1,4 +1,4 @@
-"""python -m rlft.bench runs on a tiny model and reports every ratio."""
+"""rlft bench runs on a tiny model and reports every ratio."""
 
 import json
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rlft.bench import native_bfloat16
+from rlft.tools.bench import native_bfloat16
 from tests.test_end_to_end import run_rlft
 
 
 def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     run = tmp_path / "bench"
-    out = run_rlft(f"model.pretrained={tiny_model_dir}", "bench.repeats=1", "bench.samples=4", "policy.num_steps=2",
+    out = run_rlft("bench", f"model.pretrained={tiny_model_dir}", "bench.repeats=1", "bench.samples=4", "policy.num_steps=2",
                    "algorithm.train_batch_size=2", "bench.trials=true", "policy.compile={backend:eager}", f"hydra.run.dir={run}",
-                   module="rlft.bench", cwd=tmp_path).stdout
+                   cwd=tmp_path).stdout
     result = json.loads((run / "bench.json").read_text())
     assert result["machine"] and f"on {result['machine']}" in out  # which CPU (or GPU) the timings came from
     for name in ("sample", "ppo_train", "seiko_step"):

@@ -1,4 +1,4 @@
-"""Checkpoints hold what training changes (rlft.checkpoints): the trainable weights, the RL
+"""Checkpoints hold what training changes (rlft.run.checkpoints): the trainable weights, the RL
 state and the base's fingerprint; a resume against another base, adapter or an old-format
 checkpoint is refused with a message and leaves the checkpoint as it was."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.checkpoints import atomic_save
+from rlft.run.checkpoints import atomic_save
 from rlft.models.fingerprint import base_fingerprint, same_base
-from rlft.train import build, resume_path
-from rlft.validation import ConfigError
+from rlft.run.train import build, resume_path
+from rlft.run.validation import ConfigError
 from tests.conftest import save_tiny_model
 from tests.test_config import compose_cfg
 from tests.test_seiko import TINY_SEIKO
@@ -129,7 +129,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path):
     atomic_save({"step": 1, "weights": torch.ones(1000)}, path)
     script = f"""
 import os, signal, torch
-from rlft.checkpoints import atomic_save
+from rlft.run.checkpoints import atomic_save
 from rlft.models.fingerprint import base_fingerprint, same_base
 class Bomb:
     def __reduce__(self):

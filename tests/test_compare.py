@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from rlft.compare import bootstrap_ci, main, paired_difference
+from rlft.tools.compare import bootstrap_ci, main, paired_difference
 
 
 def write_run(path, rewards, queries_per_epoch=32):
@@ -75,7 +75,7 @@ def test_best_is_the_lowest_for_losses_kl_and_errors(tmp_path):
 
 
 def test_seeds_that_share_x_are_averaged_at_each_x_and_wall_time_at_each_position():
-    from rlft.compare import seed_mean_curve
+    from rlft.tools.compare import seed_mean_curve
     # Queries: a seed cut short still adds its points where the others have the same x.
     assert seed_mean_curve([[(32, 1.0), (64, 3.0)], [(32, 3.0)]]) == [
         (32.0, 2.0, pytest.approx(2 ** 0.5)), (64.0, 3.0, 0.0)]

@@ -9,9 +9,9 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rlft.config import CONFIG_DIR
-from rlft.train import build
-from rlft.validation import ConfigError, validate, world_size
+from rlft.run.config import CONFIG_DIR
+from rlft.run.train import build
+from rlft.run.validation import ConfigError, validate, world_size
 
 GROUPS = {  # every option of every group of the main app
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))

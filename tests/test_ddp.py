@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from rlft.tensorboard import read_scalars
+from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
 
 TINY = ["policy.num_steps=3", "trainer.accelerator=cpu", "reward=digit_alignment", "data.samples_per_epoch=8"]

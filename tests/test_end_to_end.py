@@ -10,7 +10,7 @@ import pytest
 
 from rlft.models.digits import DigitClassifier, load_digits_model
 from rlft.diffusion.policy import DiffusionPolicy
-from rlft.tensorboard import read_scalars
+from rlft.tools.tensorboard import read_scalars
 
 TINY_RUN = [
     "trainer.max_epochs=2",
@@ -37,7 +37,8 @@ def run_rlft(*args: str, module: str = "rlft", cwd: Path) -> subprocess.Complete
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_ppo_run_logs_finite_metrics_and_checkpoints(tiny_model_dir, tmp_path, reduction):
     run_dir = tmp_path / "run"
-    run_rlft(f"model.pretrained={tiny_model_dir}", f"reduction={reduction}", *TINY_RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = run_rlft(f"model.pretrained={tiny_model_dir}", f"reduction={reduction}", *TINY_RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert "litlogger" not in result.stdout + result.stderr  # Lightning's advertisement at every start, filtered
 
     scalars = read_scalars(run_dir)
     missing = [m for m in REQUIRED_METRICS if m not in scalars]
@@ -104,17 +105,17 @@ def test_resume_from_last_checkpoint_continues_the_epochs(tiny_model_dir, tmp_pa
     assert steps == [0, 1]
     assert read_scalars(run_dir)["oracle/queries"][-1][1] == 16  # restored, not restarted at 0
 
-    # python -m rlft.sample: the base model (default), then the run's checkpoint.
-    sample = [f"model.pretrained={tiny_model_dir}", "policy.num_steps=3", "sample.per_prompt=1"]
-    run_rlft(*sample, f"sample.out={tmp_path}/base.png", module="rlft.sample", cwd=tmp_path)
-    run_rlft(*sample, f"ckpt_path={run_dir}/checkpoints/last.ckpt", f"sample.out={tmp_path}/run.png",
-             module="rlft.sample", cwd=tmp_path)
+    # rlft sample: the base model (default), then the run's checkpoint.
+    sample = ["sample", f"model.pretrained={tiny_model_dir}", "policy.num_steps=3", "sample.per_prompt=1"]
+    run_rlft(*sample, f"sample.out={tmp_path}/base.png", cwd=tmp_path)
+    run_rlft(*sample, f"ckpt_path={run_dir}/checkpoints/last.ckpt", f"sample.out={tmp_path}/run.png", cwd=tmp_path)
     assert (tmp_path / "base.png").stat().st_size > 0 and (tmp_path / "run.png").stat().st_size > 0
 
 
 def test_pretrain_commands_write_loadable_models(tmp_path):
     unet_dir, classifier_dir = tmp_path / "unet", tmp_path / "classifier"
-    run_rlft("pretrain.max_steps=3", f"output_dir={unet_dir}", f"hydra.run.dir={tmp_path / 'log1'}", module="rlft.pretrain", cwd=tmp_path)
+    run_rlft("pretrain", "pretrain.max_steps=3", f"output_dir={unet_dir}", f"hydra.run.dir={tmp_path / 'log1'}", cwd=tmp_path)
+    # python -m rlft.pretrain as well as rlft pretrain
     run_rlft("pretrain=classifier", "pretrain.max_steps=3", f"output_dir={classifier_dir}", f"hydra.run.dir={tmp_path / 'log2'}",
              module="rlft.pretrain", cwd=tmp_path)
     policy = DiffusionPolicy(**load_digits_model(str(unet_dir)), num_steps=2)
@@ -126,6 +127,17 @@ def test_help_lists_groups_and_options(tmp_path):
     out = run_rlft("--help", cwd=tmp_path).stdout
     for line in ("algorithm: ddpo_sf, grpo, nft, ppo, rwr, seiko", "reduction: mean, sum", "reward: aesthetic, compressibility, digit_alignment, ensemble, http, incompressibility"):
         assert line in out, out
+    # algorithm/base holds the keys the algorithms extend: not a choice; pretrain is `rlft pretrain`'s
+    groups = out.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "algorithm/base" not in groups and "pretrain:" not in groups, groups
+    assert "pretrain: classifier, unet, unet_flow" in run_rlft("pretrain", "--help", cwd=tmp_path).stdout
+
+
+def test_subcommands_reach_their_tools(tmp_path):
+    assert "usage: rlft compare" in run_rlft("compare", "--help", cwd=tmp_path).stdout
+    assert "usage: rlft plot" in run_rlft("plot", "--help", cwd=tmp_path).stdout
+    assert "sample:" in run_rlft("sample", "--cfg", "job", cwd=tmp_path).stdout  # conf/sample.yaml's key
+    assert "bench:" in run_rlft("bench", "--cfg", "job", cwd=tmp_path).stdout  # conf/bench.yaml's key
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -7,8 +7,8 @@ import torch
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.rewards.jpeg import JpegCompressibility
-from rlft.tensorboard import read_scalars
-from rlft.train import build
+from rlft.tools.tensorboard import read_scalars
+from rlft.run.train import build
 from tests.conftest import save_tiny_model
 from tests.test_config import compose_cfg
 from tests.test_seiko import TINY_SEIKO

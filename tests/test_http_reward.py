@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from rlft.rewards.http import HttpReward, RewardServiceError
-from rlft.train import build
+from rlft.run.train import build
 from tests.conftest import save_tiny_model
 from tests.test_config import compose_cfg
 

@@ -9,9 +9,9 @@ import torch
 from rlft.ensemble.aggregation import LCB, Mean
 from rlft.ensemble.reward_ensemble import RewardEnsemble
 from rlft.rewards.learned import LearnedReward
-from rlft.tensorboard import read_scalars
-from rlft.train import build
-from rlft.validation import validate
+from rlft.tools.tensorboard import read_scalars
+from rlft.run.train import build
+from rlft.run.validation import validate
 from tests.test_config import compose_cfg
 from tests.test_end_to_end import TINY_RUN
 from tests.test_seiko import CountingOracle, PixelFeatures

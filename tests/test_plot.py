@@ -1,7 +1,7 @@
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from rlft.plot import main
+from rlft.tools.plot import main
 
 
 @pytest.fixture
@@ -29,17 +29,17 @@ def test_directory_without_events_is_a_clear_error(tmp_path):
 
 
 def test_against_another_metric(run_dir, tmp_path, monkeypatch):
-    import rlft.plot
+    import rlft.tools.plot
 
     seen = {}
-    real = rlft.plot.metric_curves
-    monkeypatch.setattr(rlft.plot, "metric_curves", lambda series, **kw: seen.update(series) or real(series, **kw))
+    real = rlft.tools.plot.metric_curves
+    monkeypatch.setattr(rlft.tools.plot, "metric_curves", lambda series, **kw: seen.update(series) or real(series, **kw))
     main([str(run_dir), "--x", "oracle/queries", "--out", str(tmp_path / "c.png")])
     assert [x for x, _ in seen["run"]] == [0.0, 64.0, 128.0]
 
 
 def test_metric_curves_applies_each_labels_line_style():
-    from rlft.visualize import metric_curves
+    from rlft.tools.visualize import metric_curves
 
     figure = metric_curves({"a gold": [(1, 0.0), (2, 1.0)], "a proxy": [(1, 0.5), (2, 0.7)]}, ylabel="r",
                            styles={"a proxy": {"linestyle": "--", "color": "C3"}})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.tensorboard import read_scalars
+from rlft.tools.tensorboard import read_scalars
 from tests.conftest import save_tiny_model
 
 ROOT = Path(__file__).parents[1]

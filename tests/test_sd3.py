@@ -12,7 +12,7 @@ import torch
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.models.sd3 import load_sd3
 from rlft.models.stable_diffusion import load_stable_diffusion
-from rlft.tensorboard import read_scalars
+from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
 from tests.test_stable_diffusion import assert_lora_changes_the_pipeline, save_tiny_assets, sd_overrides
 from tests.tiny_sd import save_tiny_sd, save_tiny_sd3

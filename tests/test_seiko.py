@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlft.diffusion.reference import AdapterReference
-from rlft.tensorboard import read_scalars
-from rlft.train import build
+from rlft.tools.tensorboard import read_scalars
+from rlft.run.train import build
 from tests.conftest import save_tiny_model
 from tests.test_config import compose_cfg
 
@@ -96,7 +96,7 @@ def test_reference_policy_is_the_previous_rounds(seiko_run):
      ("algorithm.num_heads=0", "num_heads=0"), ("algorithm.truncation_steps=50", "truncation_steps")],
 )
 def test_invalid_seiko_settings_fail_before_any_work(override, match):
-    from rlft.validation import ConfigError, validate
+    from rlft.run.validation import ConfigError, validate
 
     with pytest.raises(ConfigError, match=match):
         validate(compose_cfg(["algorithm=seiko", override]))

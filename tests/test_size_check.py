@@ -5,7 +5,7 @@ hold the trained weights only; peak memory stays within 1.5x the frozen weights.
 import pytest
 import torch
 
-from rlft.size_check import TARGET_CHECKPOINT_MB, TARGET_PEAK_OVER_WEIGHTS, size_check, size_table
+from rlft.tools.size_check import TARGET_CHECKPOINT_MB, TARGET_PEAK_OVER_WEIGHTS, size_check, size_table
 
 
 @pytest.mark.slow

@@ -99,7 +99,7 @@ def test_loaded_components_are_frozen_and_lora_is_float32(assets):
 
 def test_the_reward_its_evaluation_copy_and_the_ensemble_backbone_share_one_clip(assets):
     """Three instances, as SEIKO's config builds them (oracle, evaluation reward, backbone)."""
-    from rlft.train import build
+    from rlft.run.train import build
     from tests.test_config import compose_cfg
 
     cfg = compose_cfg([*sd_overrides(assets), "algorithm=seiko", "algorithm.truncation_steps=1"])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rlft.ensemble.ucb import UCBReward
-from rlft.tensorboard import read_scalars
-from rlft.train import build
+from rlft.tools.tensorboard import read_scalars
+from rlft.run.train import build
 from tests.test_config import compose_cfg
 from tests.test_seiko import TINY_SEIKO
 
@@ -75,7 +75,7 @@ def test_bonus_is_differentiable_in_the_features_and_zero_before_any_feedback():
 @pytest.mark.parametrize("override,match", [("ensemble.alpha=-1", "ensemble.alpha=-1"), ("ensemble.lam=0", "ensemble.lam=0"),
                                             ("ensemble.clip=0", "ensemble.clip=0"), ("ensemble.sigma=diag", "'sum', 'cov'")])
 def test_invalid_ucb_settings_fail_at_composition(override, match):
-    from rlft.validation import validate
+    from rlft.run.validation import validate
 
     with pytest.raises(ValueError, match=match):
         validate(compose_cfg(["algorithm=seiko", "ensemble=ucb", override]))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlft.compare import find_runs, series
-from rlft.tensorboard import read_scalars
+from rlft.tools.compare import find_runs, series
+from rlft.tools.tensorboard import read_scalars
 
 
 def curves(sweep: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:

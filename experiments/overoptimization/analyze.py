@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rlft.compare import bootstrap_ci, find_runs, paired_difference, series
-from rlft.tensorboard import read_scalars
-from rlft.visualize import metric_curves
+from rlft.tools.compare import bootstrap_ci, find_runs, paired_difference, series
+from rlft.tools.tensorboard import read_scalars
+from rlft.tools.visualize import metric_curves
 
 NAMES = {  # job folder -> the name the README uses
     "algorithm=ppo,reward=compressibility": "oracle",

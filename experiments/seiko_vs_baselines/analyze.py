@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlft.compare import bootstrap_ci, find_runs, paired_difference, series
-from rlft.tensorboard import read_scalars
+from rlft.tools.compare import bootstrap_ci, find_runs, paired_difference, series
+from rlft.tools.tensorboard import read_scalars
 
 NAMES = {  # job folder -> the name the README uses
     "algorithm=seiko,aggregation=max": "max",

@@ -6,10 +6,10 @@ import lightning as L
 import torch
 
 from rlft.algorithms.scored_sampling import sample_and_score
-from rlft.answers import AnswerStore
+from rlft.run.answers import AnswerStore
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
-from rlft.distributed import gather, rank_and_world, shard
+from rlft.run.distributed import gather, rank_and_world, shard
 
 
 def training_work(policy: DiffusionPolicy, evaluation: "HeldOutEvaluation | None") -> int:

@@ -26,16 +26,16 @@ from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.queries import query_fresh_samples
 from rlft.algorithms.scored_sampling import sample_and_score
-from rlft.answers import AnswerStore
-from rlft.checkpoints import check_resumable, keep_trained_state
+from rlft.run.answers import AnswerStore
+from rlft.run.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds, Trajectories
-from rlft.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
-from rlft.preemption import stop_if_requested
+from rlft.run.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
+from rlft.run.preemption import stop_if_requested
 from rlft.rewards.learned import LearnedReward
-from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
-from rlft.validation import check_sharding
-from rlft.visualize import sample_grid
+from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
+from rlft.run.validation import check_sharding
+from rlft.tools.visualize import sample_grid
 
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class OnlineRL(L.LightningModule):
         # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
         self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer", "evaluation", "health"], logger=False)
         self.automatic_optimization = False
-        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.checkpoints)
+        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.run.checkpoints)
         self.policy = policy
         self.reward_fn = reward_fn
         self.optimizer_factory = optimizer

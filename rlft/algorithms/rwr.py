@@ -13,7 +13,7 @@ import torch
 
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
 from rlft.diffusion.policy import Trajectories
-from rlft.validation import RWR_WEIGHTINGS as WEIGHTINGS
+from rlft.run.validation import RWR_WEIGHTINGS as WEIGHTINGS
 
 
 def rwr_weights(advantages: torch.Tensor, weighting: str, beta: float = 1.0, quantile: float = 0.25) -> torch.Tensor:

@@ -22,19 +22,19 @@ from tqdm.auto import tqdm
 from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
-from rlft.answers import AnswerStore
-from rlft.checkpoints import check_resumable, keep_trained_state
+from rlft.run.answers import AnswerStore
+from rlft.run.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.diffusion.reference import BaseReference, lora_layers, reference_from_state, snapshot
-from rlft.distributed import gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks
+from rlft.run.distributed import gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks
 from rlft.algorithms.queries import query_fresh_samples
 from rlft.ensemble.fit import fit_reward_model
 from rlft.ensemble.reward_ensemble import RewardEnsemble
-from rlft.preemption import last_checkpoint, stop_if_requested
-from rlft.rng import get_rng_state, reseed_at_fit_start, set_rng_state
-from rlft.validation import check_sharding
-from rlft.visualize import sample_grid
+from rlft.run.preemption import last_checkpoint, stop_if_requested
+from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
+from rlft.run.validation import check_sharding
+from rlft.tools.visualize import sample_grid
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class SEIKO(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "oracle", "evaluation", "ensemble", "aggregation", "optimizer", "health"], logger=False)
         self.automatic_optimization = False
-        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.checkpoints)
+        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.run.checkpoints)
         self.policy = policy
         self.oracle = oracle
         self.evaluation = evaluation  # its own reward instance: measurement only, never fed back

@@ -133,7 +133,7 @@ class DiffusionPolicy(nn.Module):
     ):
         super().__init__()
         self.denoiser = denoiser
-        # What checkpoints check on resume instead of storing the frozen weights (rlft.checkpoints).
+        # What checkpoints check on resume instead of storing the frozen weights (rlft.run.checkpoints).
         # (A plain dict: Hydra's instantiate hands `base` over as a DictConfig, which checkpoints must not hold.)
         self.base_fingerprint = {k: base[k] for k in base} if base else {
             "source": None, "revision": None, "variant": None, "dtype": None, "digest": None}

@@ -20,7 +20,7 @@ SIGMAS = ("sum", "cov")
 
 
 def check_settings(alpha: float, lam: float, clip: float, sigma: str) -> None:
-    """Raises ValueError naming the first bad setting (also run at composition by rlft.validation)."""
+    """Raises ValueError naming the first bad setting (also run at composition by rlft.run.validation)."""
     for name, value, ok, valid in (("alpha", alpha, alpha >= 0, ">= 0 (0: no bonus, the greedy reward model)"),
                                    ("lam", lam, lam > 0, "> 0 (it makes Sigma + lam I invertible)"),
                                    ("clip", clip, clip > 0, "> 0 (the bonus's cap, in units of the feedback's std)"),

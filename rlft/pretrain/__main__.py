@@ -1,4 +1,4 @@
-"""`python -m rlft.pretrain [pretrain=unet|classifier]`: reproduce the shipped weights."""
+"""`rlft pretrain [pretrain=unet|unet_flow|classifier]` (or `python -m rlft.pretrain`): reproduce the shipped weights."""
 
 import hydra
 import lightning as L
@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlft.assets import ASSETS_DIR
-from rlft.config import CONFIG_DIR, check_config_dir
+from rlft.run.cli import quiet_console
+from rlft.run.config import CONFIG_DIR, check_config_dir
 from rlft.data.digits import load_digits
 
 
@@ -42,6 +43,7 @@ def pretrain(cfg: DictConfig) -> str:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="pretraining", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    quiet_console()
     pretrain(cfg)
 
 

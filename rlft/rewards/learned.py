@@ -21,7 +21,7 @@ from rlft.ensemble.reward_ensemble import RewardEnsemble
 
 
 def check_settings(queries: int, val_fraction: float, refresh_every_n_epochs: int, epochs: int | None = None) -> None:
-    """Raises ValueError naming the first bad setting (also run at composition by rlft.validation)."""
+    """Raises ValueError naming the first bad setting (also run at composition by rlft.run.validation)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"reward.val_fraction={val_fraction!r} is invalid: must be in (0, 1)")
     held_out = validation_split(queries, val_fraction) if isinstance(queries, int) else 0

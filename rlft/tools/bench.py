@@ -1,4 +1,4 @@
-"""`python -m rlft.bench [model=...] [overrides]`: where the time goes, measured in one run.
+"""`rlft bench [model=...] [overrides]`: where the time goes, measured in one run.
 
 RL fine-tuning of a diffusion model is bound by UNet compute. Each figure below is the
 algorithm's own code against a bare loop of the same UNet calls on the same batch shapes,
@@ -43,11 +43,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
-from rlft.config import CONFIG_DIR, check_config_dir
+from rlft.run.config import CONFIG_DIR, check_config_dir
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import PromptEmbeds, run_denoiser
 from rlft.diffusion.reference import snapshot
-from rlft.size_check import size_check, size_table
+from rlft.tools.size_check import size_check, size_table
 
 
 def _seconds(fn) -> float:
@@ -395,7 +395,7 @@ def markdown(r: dict) -> str:
 
 
 def write_size_check(workdir: str) -> None:
-    """`bench.size_check=DIR`: SD1.5-size checkpoints and peak memory (rlft.size_check)."""
+    """`bench.size_check=DIR`: SD1.5-size checkpoints and peak memory (rlft.tools.size_check)."""
     rows = size_check(workdir)
     print(size_table(rows))
     path = Path(HydraConfig.get().runtime.output_dir) / "size_check.json"

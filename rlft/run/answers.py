@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from rlft.checkpoints import atomic_save
-from rlft.preemption import last_checkpoint
+from rlft.run.checkpoints import atomic_save
+from rlft.run.preemption import last_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from rlft.preemption import last_checkpoint
-from rlft.validation import ConfigError, validate
+from rlft.run.preemption import last_checkpoint
+from rlft.run.validation import ConfigError, validate
 
 log = logging.getLogger(__name__)
 

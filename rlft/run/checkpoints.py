@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rlft.models.fingerprint import describe, same_base
-from rlft.validation import ConfigError
+from rlft.run.validation import ConfigError
 
 FORMAT = 2  # 1 (no "rlft_base" entry): the whole module, frozen base included
 
@@ -97,7 +97,7 @@ def check_resumable(module: L.LightningModule, checkpoint: dict, also: tuple[str
 
 
 def load_trained_policy(policy, path: str | Path) -> None:
-    """The trained weights of a run's checkpoint into a freshly loaded `policy` (rlft.sample)."""
+    """The trained weights of a run's checkpoint into a freshly loaded `policy` (rlft.tools.sample)."""
     # A run's own file; its hyper_parameters hold omegaconf containers, outside weights_only's allowlist.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     check_base(policy, checkpoint)

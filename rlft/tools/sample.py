@@ -1,4 +1,4 @@
-"""`python -m rlft.sample [ckpt_path=RUN/checkpoints/last.ckpt] [overrides]`: a grid of
+"""`rlft sample [ckpt_path=RUN/checkpoints/last.ckpt] [overrides]`: a grid of
 samples, one row per prompt, from the base model or from a trained run's checkpoint.
 
 It composes the same config as `python -m rlft`, so pass the run's model and policy
@@ -9,9 +9,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rlft.checkpoints import load_trained_policy
-from rlft.config import CONFIG_DIR, check_config_dir
-from rlft.visualize import sample_grid
+from rlft.run.checkpoints import load_trained_policy
+from rlft.run.config import CONFIG_DIR, check_config_dir
+from rlft.tools.visualize import sample_grid
 
 
 def load_policy(cfg: DictConfig, ckpt_path: str | None = None):

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from rlft.distributed import any_rank
+from rlft.run.distributed import any_rank
 
 
 class Preempted(SIGTERMException):

@@ -1,4 +1,4 @@
-"""`rlft compare SWEEP_DIR` (or `python -m rlft.compare`): the runs of a sweep side by side.
+"""`rlft compare SWEEP_DIR` (or `python -m rlft compare`): the runs of a sweep side by side.
 
 Reads the TensorBoard event files of every job under SWEEP_DIR. A job's configuration is
 its directory (named by its overrides); a trailing `seed=N` directory is a seed of that
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlft.tensorboard import read_scalars
-from rlft.visualize import metric_curves
+from rlft.tools.tensorboard import read_scalars
+from rlft.tools.visualize import metric_curves
 
 DEFAULT_METRICS = ("reward/mean", "eval/oracle_reward")
 # The metrics whose best value is the lowest (README "Metrics" says the same): losses, KLs,

@@ -1,0 +1,67 @@
+"""Where the Hydra configs live, and the resolvers they use."""
+
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rlft.assets import asset_path
+from rlft.prompts import prompt_set
+
+# conf/ sits at the top of the repository, beside rlft/ (rlft is installed editable).
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+
+def job_name(override_dirname: str, algorithm: str) -> str:
+    """A sweep job's folder: its overrides, led by the algorithm when they do not name it
+    (so that a PPO baseline with no overrides of its own is `algorithm=ppo`, never "")."""
+    if re.search(r"(^|,)algorithm=", override_dirname):
+        return override_dirname
+    return f"algorithm={algorithm}" + (f",{override_dirname}" if override_dirname else "")
+
+
+def config_groups(*leave_out: str) -> dict[str, list[str]]:
+    """The choosable config groups under conf/ and their options, e.g. {"algorithm": ["ddpo_sf", ...]}.
+
+    Left out: Hydra's own groups (`hydra/...`), folders named `base` (partial configs that the
+    options beside them extend, never chosen on their own) and the groups named in `leave_out`."""
+    root = Path(CONFIG_DIR)
+    groups = {}
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        group = folder.relative_to(root).as_posix()
+        parts = group.split("/")
+        if parts[0] == "hydra" or "base" in parts or group in leave_out:
+            continue
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            groups[group] = options
+    return groups
+
+
+def format_config_groups(mode: str, *names: str) -> str:
+    """`--help`'s list of groups (Hydra's own lists `base` folders as groups too): every group
+    but `names` (mode `except`), or only `names` (mode `only`)."""
+    if mode not in ("except", "only"):
+        raise ValueError(f"config_groups: mode {mode!r} is invalid: use except or only")
+    groups = config_groups(*names) if mode == "except" else {g: o for g, o in config_groups().items() if g in names}
+    return "\n".join(f"{group}: {', '.join(options)}" for group, options in groups.items())
+
+
+# `${asset:digits16}` -> the path of a model directory shipped inside the package.
+# `${len:${.queries_per_round}}`, `${mul:a,b}`: SEIKO's epochs from its round schedule.
+# `${job_name:${hydra:job.override_dirname},${algorithm.name}}`: see job_name.
+# `${prompt_set:imagenet_animals}`: a prompt list shipped in rlft/prompts/.
+# `${config_groups:except,pretrain}`: --help's list of groups (see format_config_groups).
+for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("job_name", job_name),
+                       ("prompt_set", prompt_set), ("config_groups", format_config_groups)):
+    if not OmegaConf.has_resolver(name):
+        OmegaConf.register_new_resolver(name, resolver)
+
+
+def check_config_dir() -> None:
+    if not Path(CONFIG_DIR).is_dir():
+        raise SystemExit(
+            f"rlft: its Hydra configs are not at {CONFIG_DIR}. rlft runs from its repository: "
+            "install it with `pip install -e .` in the clone (see README.md)."
+        )
