@@ -1,19 +1,16 @@
-"""README.md's table of bad inputs: each row's input, given on the command line, fails before
-any work with the message the README quotes (part of it, whitespace normalised)."""
+"""docs/reliability.md's table of bad inputs: each row's input, given on the command line, fails before
+any work with the message the manual quotes (part of it, whitespace normalised)."""
 
 import re
-from pathlib import Path
 
 import pytest
 
 from rlft.run.train import build, resume_path
+from tests.manual import page
 from tests.test_config import compose_cfg
 
-README = Path(__file__).parents[1] / "README.md"
-
-
 def readme_rows() -> list[tuple[str, str]]:
-    text = README.read_text()
+    text = page("reliability.md")
     table = text.split("<!-- bad-inputs -->")[1].split("<!-- /bad-inputs -->")[0]
     return re.findall(r"^\| `([^`]+)` \| (.+?) \|$", table, flags=re.M)
 
@@ -39,6 +36,6 @@ def test_the_table_is_there():
 @pytest.mark.parametrize("given,message", readme_rows())
 def test_bad_input_fails_with_the_documented_message(given, message, tmp_path):
     actual = first_error(given.split(), tmp_path)
-    # "…" in the README stands for text left out; the parts around it must appear in order.
+    # "…" in the manual stands for text left out; the parts around it must appear in order.
     pattern = ".*".join(re.escape(part.strip()) for part in normalise(message).split("…"))
-    assert re.search(pattern, actual), f"{given}: README says {message!r}, the program says {actual!r}"
+    assert re.search(pattern, actual), f"{given}: docs/reliability.md says {message!r}, the program says {actual!r}"

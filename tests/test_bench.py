@@ -39,7 +39,7 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
         assert result[f"{name}_compiled_run_ratio"] == pytest.approx(
             (calls * result[f"{name}_compiled_s"] + result[f"{name}_compile_s"]) / (calls * per_call))
     assert "policy.compile" in out
-    # bench.md: the README's table, one row per workload with its measured figures.
+    # bench.md: docs/performance.md's table, one row per workload with its measured figures.
     rows = {line.split("|")[1].strip(): line for line in (run / "bench.md").read_text().splitlines() if line.startswith("| ")}
     for label, key in (("sampling", "sample"), ("PPO training", "ppo_train"), ("SEIKO step", "seiko_step")):
         assert f"| {result[f'{key}_ratio']:.2f} | {result[f'{key}_unet_evals']} |" in rows[label]

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from rlft.run.config import CONFIG_DIR
 from rlft.run.train import build
 from rlft.run.validation import ConfigError, validate, world_size
+from tests.manual import page
 
 GROUPS = {  # every option of every group of the main app
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
@@ -197,7 +198,8 @@ def test_slurm_allocation_follows_the_trainer():
 
 
 def readme_scaling_commands() -> list[list[str]]:
-    block = (Path(__file__).parents[1] / "README.md").read_text().split("<!-- scaling-commands -->")[1]
+    """docs/scaling.md's commands for one GPU, 8 GPUs and 4 nodes."""
+    block = page("scaling.md").split("<!-- scaling-commands -->")[1]
     block = block.split("<!-- /scaling-commands -->")[0].replace("\\\n", " ")
     return [shlex.split(line)[3:] for line in block.splitlines() if line.startswith("python -m rlft")]
 

@@ -5,7 +5,7 @@ so the runs must agree to float tolerance: the UNet's batched kernels sum in ano
 for another batch size, nothing else differs. One optimizer step per inner epoch (the
 micro-batches of the epoch accumulated) makes the update independent of how each rank
 shuffles its own rows; with several steps per epoch the micro-batches would be composed
-differently (README, "Scaling").
+differently (docs/scaling.md).
 """
 
 import math

@@ -11,6 +11,7 @@ import pytest
 from rlft.models.digits import DigitClassifier, load_digits_model
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.tools.tensorboard import read_scalars
+from tests.manual import undocumented_metrics
 
 TINY_RUN = [
     "trainer.max_epochs=2",
@@ -53,9 +54,8 @@ def test_ppo_run_logs_finite_metrics_and_checkpoints(tiny_model_dir, tmp_path, r
     # 8 samples x 3 steps x 2 (CFG) an epoch sampled (forward: 1), then trained on (3): 48 + 144
     assert [v for _, v in scalars["work/unet_evals"]] == [192, 384]
     assert "hp/final_reward_mean" in scalars
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    undocumented = [tag for tag in scalars if f"`{tag}`" not in readme]
-    assert not undocumented, f"README.md's metric table lacks {undocumented}"
+    undocumented = undocumented_metrics(scalars)
+    assert not undocumented, f"docs/reference/metrics.md lacks {undocumented}"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert "clip_range" in (run_dir / "hparams.yaml").read_text()
@@ -170,9 +170,8 @@ def finite_and_documented(run_dir) -> dict:
     scalars = read_scalars(run_dir)
     for tag, series in scalars.items():
         assert all(math.isfinite(v) for _, v in series), f"{tag} has a non-finite value: {series}"
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    undocumented = [tag for tag in scalars if f"`{tag}`" not in readme]
-    assert not undocumented, f"README.md's metric table lacks {undocumented}"
+    undocumented = undocumented_metrics(scalars)
+    assert not undocumented, f"docs/reference/metrics.md lacks {undocumented}"
     assert [step for step, _ in scalars["reward/mean"]] == [0, 1]
     assert scalars["oracle/queries"][-1][1] == 16
     return scalars

@@ -42,12 +42,12 @@ def test_ppo_runs_and_its_lora_loads_into_a_plain_pipeline(assets, tmp_path):
              "algorithm.lr=0.05", "algorithm.clip_range=0.5", f"hydra.run.dir={run}", cwd=tmp_path)
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
-    # The README's one-liner, on a plain diffusers pipeline.
+    # The manual's one-liner, on a plain diffusers pipeline.
     assert_lora_changes_the_pipeline(StableDiffusionPipeline.from_pretrained(assets["sd"]), run / "lora", (1, 3, 64, 64))
 
 
 def assert_lora_changes_the_pipeline(pipe, lora_dir, shape, **call) -> None:
-    """`pipe.load_lora_weights(lora_dir)` (the README's one-liner) changes what `pipe` draws."""
+    """`pipe.load_lora_weights(lora_dir)` (the manual's one-liner, docs/models.md) changes what `pipe` draws."""
     draw = lambda: pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
                         **call).images
     base = draw()

@@ -192,7 +192,7 @@ def validate(cfg: DictConfig) -> None:
     # FSDP/DeepSpeed shard the weights: the algorithms' own gradient clipping (a local norm)
     # and their many backward passes inside one training_step would be wrong there.
     _check(not any(name in strategy for name in ("fsdp", "deepspeed")), "trainer.strategy", strategy,
-           "sharded strategies are not supported by the algorithms yet; use ddp (README \"Scaling\": full "
+           "sharded strategies are not supported by the algorithms yet; use ddp (docs/scaling.md: full "
            "fine-tuning of SD 1.x/2.x fits one 40-80 GB GPU per process)")
     check_launcher(world_size(t), t.get("devices"))
     # Last: for SEIKO it follows from the budget, whose own message says more.

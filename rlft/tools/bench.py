@@ -21,7 +21,7 @@ a shared, noisy machine better than either time alone:
   the same bare loops (`bench.trials=true`);
 - the work of each measured call in UNet sample-evaluations (`*_unet_evals`, the unit of a
   run's `work/unet_evals`) and the time per evaluation (`*_ms_per_unet_eval`).
-Prints a table and writes bench.json in the run directory, and bench.md: the README's
+Prints a table and writes bench.json in the run directory, and bench.md: the manual's
 Performance table made from it.
 """
 
@@ -101,7 +101,7 @@ def bare_denoiser(policy, latents, timestep, embeds):
 
 def machine() -> str:
     """What the timings came from: the CPU's model, cores and widest vector unit (the same
-    run differs by up to 4x between 2-core machines: README "Performance"), or the GPU."""
+    run differs by up to 4x between 2-core machines: docs/performance.md), or the GPU."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     flags = cpuinfo("flags").split()
@@ -375,7 +375,7 @@ def table(r: dict) -> str:
 
 
 def markdown(r: dict) -> str:
-    """The README's Performance table, from bench.json's figures (`bench.md` beside it)."""
+    """The manual's Performance table (docs/performance.md), from bench.json's figures (`bench.md` beside it)."""
     compiled = "sample_compiled_ratio" in r
     head = "| | throughput | rlft | bare UNet | ratio | UNet evals | ms per eval |"
     lines = [f"On {r['machine']}, {r['samples']} images, {r['num_steps']} steps, medians of the repeats:", "",
@@ -415,7 +415,7 @@ def main(cfg: DictConfig) -> None:
     path = Path(HydraConfig.get().runtime.output_dir) / "bench.json"
     path.write_text(json.dumps(result, indent=2))
     path.with_name("bench.md").write_text(markdown(result))
-    print(f"wrote {path} and bench.md (the README's table)")
+    print(f"wrote {path} and bench.md (the table of docs/performance.md)")
 
 
 check_config_dir()

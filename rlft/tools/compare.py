@@ -26,7 +26,7 @@ from rlft.tools.tensorboard import read_scalars
 from rlft.tools.visualize import metric_curves
 
 DEFAULT_METRICS = ("reward/mean", "eval/oracle_reward")
-# The metrics whose best value is the lowest (README "Metrics" says the same): losses, KLs,
+# The metrics whose best value is the lowest (docs/reference/metrics.md says the same): losses, KLs,
 # errors, clipped and capped fractions, non-finite counts and times. Exact tags, or prefixes
 # ending in "/".
 LOWER_IS_BETTER = (
