@@ -5,7 +5,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from rlft.data.digits import vocabulary
-from rlft.models.digits import build_digits_flow_scheduler, build_digits_scheduler
+from rlft.models.digits import DigitsModel, build_digits_flow_scheduler, build_digits_scheduler
 from rlft.models.prompt_encoder import WordPromptEncoder
 
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -23,7 +23,7 @@ def tiny_components(family: str = "ddim") -> dict:
     return {
         "denoiser": unet,
         "scheduler": build_digits_scheduler() if family == "ddim" else build_digits_flow_scheduler(),
-        "prompt_encoder": WordPromptEncoder(vocab=vocabulary(), embed_dim=8, max_length=4),
+        "model": DigitsModel(WordPromptEncoder(vocab=vocabulary(), embed_dim=8, max_length=4)),
     }
 
 
@@ -32,7 +32,7 @@ def save_tiny_model(path, family: str = "ddim"):
     components = tiny_components(family)
     components["denoiser"].save_pretrained(path / "unet")
     components["scheduler"].save_pretrained(path / "scheduler")
-    components["prompt_encoder"].save_pretrained(path / "text_encoder")
+    components["model"].prompt_encoder.save_pretrained(path / "text_encoder")
     return path
 
 

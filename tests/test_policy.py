@@ -55,7 +55,7 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters():
     torch.testing.assert_close(policy.denoiser(torch.ones(1, 1, 8, 8), 10, torch.ones(1, 4, 8)).sample, base_out)
     names = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert names and all("lora" in n for n in names)
-    assert not any(p.requires_grad for p in policy.prompt_encoder.parameters())
+    assert not any(p.requires_grad for p in policy.model.parameters())
 
 
 def test_full_fine_tuning_trains_the_whole_unet():

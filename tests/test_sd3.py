@@ -33,7 +33,7 @@ def test_prompts_are_encoded_by_the_pipelines_own_encode_prompt(assets):
     from diffusers import StableDiffusion3Pipeline
 
     components = load_sd3(str(assets["sd3"]), dtype="float32", max_sequence_length=8)
-    ours = components["prompt_encoder"].encode(["a cat", "a dog"])
+    ours = components["model"].encode_prompts(["a cat", "a dog"])
     pipe = StableDiffusion3Pipeline.from_pretrained(assets["sd3"])
     with torch.no_grad():  # as rlft encodes (attention kernels differ with autograd on)
         tokens, _, pooled, _ = pipe.encode_prompt(["a cat", "a dog"], None, None, do_classifier_free_guidance=False,
@@ -44,7 +44,7 @@ def test_prompts_are_encoded_by_the_pipelines_own_encode_prompt(assets):
 
 def test_t5_is_optional(assets):
     components = load_sd3(str(assets["sd3"]), dtype="float32", use_t5=False, max_sequence_length=8)
-    assert components["prompt_encoder"].text_encoder_3 is None
+    assert components["model"].text_encoder_3 is None
     embeds = DiffusionPolicy(**components, num_steps=2).encode_prompts(["a cat"])
     assert embeds.tokens.shape == (1, 24, 32) and embeds.tokens[:, 16:].abs().sum() == 0  # T5's place is zeros
 

@@ -91,7 +91,8 @@ def test_loaded_components_are_frozen_and_lora_is_float32(assets):
 
     components = load_stable_diffusion(str(assets["sd"]), dtype="bfloat16")
     policy = DiffusionPolicy(**components, num_steps=2)
-    assert components["vae"].dtype == torch.bfloat16 and not any(p.requires_grad for p in components["vae"].parameters())
+    vae = components["model"].vae
+    assert vae.dtype == torch.bfloat16 and not any(p.requires_grad for p in vae.parameters())
     trainable = policy.trainable_parameters()
     assert trainable and all(p.dtype == torch.float32 and "lora" in n for n, p in policy.denoiser.named_parameters() if p.requires_grad)
     assert policy.denoiser.conv_in.weight.dtype == torch.bfloat16

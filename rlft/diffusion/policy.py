@@ -1,10 +1,11 @@
 """`DiffusionPolicy`: a text-conditioned diffusion model seen as an RL policy.
 
-One interface for both model families: the denoiser (a UNet or an SD3 transformer) predicts
-noise or velocity, and the sampler of the model's scheduler (`rlft.diffusion.samplers`: the
-DDIM step or Flow-GRPO's flow SDE step) turns each prediction into a Gaussian transition with
-a log-probability. The policy samples trajectories, stores what PPO needs to recompute each
-transition's log-probability later, and recomputes it with gradients.
+One policy for every model: the model family's interface (`rlft.models.base.DiffusionModel`)
+encodes prompts, shapes latents, calls the denoiser and decodes; the sampler of the model's
+scheduler (`rlft.diffusion.samplers`: the DDIM step or Flow-GRPO's flow SDE step) turns each
+prediction into a Gaussian transition with a log-probability. The policy samples trajectories,
+stores what PPO needs to recompute each transition's log-probability later, and recomputes it
+with gradients. It never asks which family a model is.
 """
 
 from dataclasses import dataclass
@@ -26,43 +27,43 @@ Generator = torch.Generator | list[torch.Generator] | None
 
 @dataclass
 class PromptEmbeds:
-    """What the denoiser is conditioned on: token embeddings for (cross- or joint) attention
-    and, for SD3-style transformers, pooled text embeddings. Indexed like a batch."""
+    """What the denoiser is conditioned on: token embeddings for (cross- or joint) attention,
+    pooled text embeddings (SD3, SDXL, FLUX) and the tokens' attention mask (Qwen-Image).
+    Indexed like a batch."""
 
     tokens: torch.Tensor  # (B, L, D)
     pooled: torch.Tensor | None = None  # (B, P)
+    mask: torch.Tensor | None = None  # (B, L): 1 for a real token, 0 for padding
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def fields(self) -> tuple:
+        return self.tokens, self.pooled, self.mask
+
+    def map(self, fn, mask: bool = True) -> "PromptEmbeds":
+        """`fn` applied to every field that is set (`mask=False`: the mask is left as it is)."""
+        tokens, pooled, attention = (None if x is None else fn(x) for x in self.fields())
+        return PromptEmbeds(tokens, pooled, attention if mask else self.mask)
+
     def __getitem__(self, index) -> "PromptEmbeds":
-        return PromptEmbeds(self.tokens[index], None if self.pooled is None else self.pooled[index])
+        return self.map(lambda x: x[index])
 
     def expand(self, batch: int) -> "PromptEmbeds":
         """A batch-1 embedding repeated `batch` times (a view: no copy)."""
-        return PromptEmbeds(self.tokens.expand(batch, -1, -1), None if self.pooled is None else self.pooled.expand(batch, -1))
+        return self.map(lambda x: x.expand(batch, *x.shape[1:]))
 
     def padded(self, batch: int) -> "PromptEmbeds":
         """The batch with its first row repeated up to `batch` rows (`DiffusionPolicy.compile`)."""
-        pad = lambda x: None if x is None else torch.cat([x, x[:1].expand(batch - len(x), *x.shape[1:])])
-        return PromptEmbeds(pad(self.tokens), pad(self.pooled))
+        return self.map(lambda x: torch.cat([x, x[:1].expand(batch - len(x), *x.shape[1:])]))
 
     def to(self, dtype: torch.dtype) -> "PromptEmbeds":
-        return PromptEmbeds(self.tokens.to(dtype), None if self.pooled is None else self.pooled.to(dtype))
+        return self.map(lambda x: x.to(dtype), mask=False)
 
     @staticmethod
     def cat(parts: list["PromptEmbeds"]) -> "PromptEmbeds":
-        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
-        return PromptEmbeds(torch.cat([p.tokens for p in parts]), pooled)
-
-
-def run_denoiser(denoiser: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
-    """One forward of a diffusers denoiser: a UNet2DConditionModel (cross-attention on the
-    tokens), or an SD3Transformer2DModel (joint attention, plus pooled projections)."""
-    if embeds.pooled is None:
-        return denoiser(latents, timesteps, encoder_hidden_states=embeds.tokens).sample
-    return denoiser(hidden_states=latents, timestep=timesteps, encoder_hidden_states=embeds.tokens,
-                    pooled_projections=embeds.pooled).sample
+        columns = zip(*(part.fields() for part in parts))
+        return PromptEmbeds(*(None if column[0] is None else torch.cat(column) for column in columns))
 
 
 @dataclass
@@ -72,12 +73,12 @@ class Trajectories:
 
     prompts: list[str]
     prompt_embeds: PromptEmbeds  # (B, ...)
-    latents: torch.Tensor  # (B, T, C, H, W): x_t before each step
-    next_latents: torch.Tensor  # (B, T, C, H, W): x_t' after each step
+    latents: torch.Tensor  # (B, T, *latent): x_t before each step; latent (C, H, W), or (C, F, H, W) for video
+    next_latents: torch.Tensor  # (B, T, *latent): x_t' after each step
     log_probs: torch.Tensor  # (B, T)
     timesteps: torch.Tensor  # (B, T)
     images: torch.Tensor | None  # (B, C, H', W') in [0, 1]; None until decoded (`sample(decode=False)`)
-    final_latents: torch.Tensor  # (B, C, H, W): the clean sample x_0 that `images` decode (DiffusionNFT trains on it)
+    final_latents: torch.Tensor  # (B, *latent): the clean sample x_0 that `images` decode (DiffusionNFT trains on it)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -95,11 +96,10 @@ class Trajectories:
 
 
 class DiffusionPolicy(nn.Module):
-    """Denoiser (LoRA-adapted or fully trainable) + frozen prompt encoder (+ frozen VAE).
+    """Denoiser (LoRA-adapted or fully trainable) + its model family's frozen parts.
 
-    `prompt_encoder` is any module with `encode(list[str])` -> (B, L, D) token embeddings or a
-    `PromptEmbeds`. Without a `vae` the model works in pixel space with values in [-1, 1] (the
-    embedded models). `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
+    `model` is the family's interface (`rlft.models.base.DiffusionModel`): its text encoders,
+    VAE, latent shape, denoiser call and decoding. `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
     None takes the family's public default. `latent_size` (None: the denoiser's own
     sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
     frozen model (`rlft.models.fingerprint`), which checkpoints store in its place.
@@ -115,8 +115,7 @@ class DiffusionPolicy(nn.Module):
         self,
         denoiser: nn.Module,
         scheduler,
-        prompt_encoder: nn.Module,
-        vae: nn.Module | None = None,
+        model: nn.Module,
         num_steps: int = 20,
         guidance_scale: float = 3.0,
         eta: float | None = None,
@@ -140,14 +139,15 @@ class DiffusionPolicy(nn.Module):
         self.adapter_settings = {"lora_rank": lora_rank, "lora_alpha": (lora_alpha or lora_rank) if lora_rank else None,
                                  "lora_target_modules": sorted(lora_target_modules) if lora_rank else None}
         self.scheduler = scheduler
-        self.prompt_encoder = prompt_encoder.requires_grad_(False).eval()
-        self.vae = vae.requires_grad_(False).eval() if vae is not None else None
+        self.model = model.requires_grad_(False).eval()  # frozen: text encoders, VAE
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.reduction = reduction
-        self.latent_size = latent_size or denoiser.config.sample_size  # e.g. 64 for SD3 at 512x512
+        self.latent_size = latent_size or model.default_latent_size(denoiser)  # e.g. 64 for SD3 at 512x512
         self.unet_evaluations = 0  # the work done so far, counted by `predict` (work/unet_evals)
-        self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window)
+        schedule = model.timestep_schedule(num_steps, self.latent_shape(1))
+        self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window,
+                                    schedule=schedule)
         if lora_rank:
             self.denoiser.requires_grad_(False)
             self.denoiser.add_adapter(
@@ -169,8 +169,8 @@ class DiffusionPolicy(nn.Module):
         # The unconditional (negative-prompt) embedding of classifier-free guidance never
         # changes: encode it once.
         uncond = self.encode_prompts([negative_prompt])
-        self.register_buffer("uncond_tokens", uncond.tokens, persistent=False)
-        self.register_buffer("uncond_pooled", uncond.pooled, persistent=False)
+        for name, value in zip(("uncond_tokens", "uncond_pooled", "uncond_mask"), uncond.fields()):
+            self.register_buffer(name, value, persistent=False)
 
     def compile_denoiser(self, options: dict) -> None:
         """torch.compile the denoiser in place (`nn.Module.compile`: its state dict, LoRA
@@ -202,14 +202,23 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
-        embeds = self.prompt_encoder.encode(prompts)
-        return embeds if isinstance(embeds, PromptEmbeds) else PromptEmbeds(embeds)
+        return self.model.encode_prompts(list(prompts))
+
+    def uncond_embeds(self, batch: int) -> PromptEmbeds:
+        """The negative prompt's embedding, `batch` times (a view)."""
+        return PromptEmbeds(self.uncond_tokens, self.uncond_pooled, self.uncond_mask).expand(batch)
+
+    @property
+    def batched_guidance(self) -> bool:
+        """Classifier-free guidance's two branches in one call (not for guidance 1, nor for a
+        model that takes the scale as an input: FLUX.1-dev's guidance embedding)."""
+        return self.guidance_scale != 1.0 and self.model.guidance == "cfg"
 
     def count_work(self, batch: int, backward: bool, recomputed: bool = False) -> None:
         """Work in UNet sample-evaluations: a forward is 1 per sample, one with grad 3 (its
         backward costs about two forwards), gradient checkpointing's recomputation 1 more,
         and CFG's two branches double it."""
-        self.unet_evaluations += batch * (1 if self.guidance_scale == 1.0 else 2) * (1 + 2 * backward + recomputed)
+        self.unet_evaluations += batch * (2 if self.batched_guidance else 1) * (1 + 2 * backward + recomputed)
 
     def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds) -> torch.Tensor:
         """The denoiser's output (noise or velocity) with classifier-free guidance, both
@@ -227,24 +236,26 @@ class DiffusionPolicy(nn.Module):
             if size > len(latents):  # a smaller last chunk runs in a graph already compiled for a larger one
                 pad = lambda x: torch.cat([x, x[:1].expand(size - len(latents), *x.shape[1:])])
                 return self.guided_prediction(pad(latents), pad(timesteps), prompt_embeds.padded(size))[: len(latents)]
-        if self.guidance_scale == 1.0:
-            return run_denoiser(denoiser, latents.to(dtype), timesteps, prompt_embeds.to(dtype))
-        uncond = PromptEmbeds(self.uncond_tokens, self.uncond_pooled).expand(len(latents))
-        out = run_denoiser(
+        if not self.batched_guidance:
+            return self.model.denoise(denoiser, latents.to(dtype), timesteps, prompt_embeds.to(dtype),
+                                      guidance_scale=self.guidance_scale)
+        out = self.model.denoise(
             denoiser,
             torch.cat([latents, latents]).to(dtype),
             torch.cat([timesteps, timesteps]),
-            PromptEmbeds.cat([uncond, prompt_embeds]).to(dtype),
+            PromptEmbeds.cat([self.uncond_embeds(len(latents)), prompt_embeds]).to(dtype),
         )
         out_uncond, out_cond = out.chunk(2)
-        return out_uncond + self.guidance_scale * (out_cond - out_uncond)
+        return self.model.combine_guidance(out_uncond, out_cond, self.guidance_scale)
 
     # `torch.func.functional_call(policy, weights, ...)` predicts with other weights (a reference).
     forward = predict
 
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        return self.model.latent_shape(self.denoiser, batch, self.latent_size)
+
     def initial_latents(self, batch: int, generator: Generator = None) -> torch.Tensor:
-        shape = (batch, self.denoiser.config.in_channels, self.latent_size, self.latent_size)
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        return randn_tensor(self.latent_shape(batch), generator=generator, device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], generator: Generator = None, progress: bool = False, decode: bool = True) -> Trajectories:
@@ -341,9 +352,5 @@ class DiffusionPolicy(nn.Module):
         return self.sampler.step(prediction, timesteps, latents, prev_sample=next_latents, reduction=self.reduction)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Final latents -> images in [0, 1]."""
-        if self.vae is None:
-            return ((latents + 1) / 2).clamp(0, 1)
-        # SD3's VAE has a shift as well as a scale; SD 1.x/2.x's shift is None.
-        scaled = latents / self.vae.config.scaling_factor + (getattr(self.vae.config, "shift_factor", None) or 0.0)
-        return ((self.vae.decode(scaled.to(self.vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+        """Final latents -> images in [0, 1] (B, C, H', W'), or frames (B, F, C, H', W') for video."""
+        return self.model.decode(latents)

@@ -38,9 +38,10 @@ class Sampler:
 
     family: str
 
-    def __init__(self, scheduler, num_steps: int, sde_window=None):
+    def __init__(self, scheduler, num_steps: int, sde_window=None, schedule: dict | None = None):
         self.scheduler = scheduler
-        scheduler.set_timesteps(num_steps)
+        # `schedule`: the model family's own arguments of set_timesteps (FLUX: sigmas and its shift mu)
+        scheduler.set_timesteps(num_steps, **(schedule or {}))
         self.window = check_sde_window(sde_window, num_steps)
 
     @property
@@ -62,8 +63,8 @@ class DDIMSampler(Sampler):
 
     family = "ddim"
 
-    def __init__(self, scheduler: DDIMScheduler, num_steps: int, eta: float = 1.0, sde_window=None):
-        super().__init__(scheduler, num_steps, sde_window)
+    def __init__(self, scheduler: DDIMScheduler, num_steps: int, eta: float = 1.0, sde_window=None, schedule=None):
+        super().__init__(scheduler, num_steps, sde_window, schedule)
         self.eta = eta
         check_stochastic(scheduler)
 
@@ -79,8 +80,9 @@ class FlowSDESampler(Sampler):
 
     family = "flow"
 
-    def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, noise_level: float = 0.7, sde_window=None):
-        super().__init__(scheduler, num_steps, sde_window)
+    def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, noise_level: float = 0.7, sde_window=None,
+                 schedule=None):
+        super().__init__(scheduler, num_steps, sde_window, schedule)
         if noise_level <= 0:
             raise ValueError(f"policy.noise_level={noise_level} is invalid: must be > 0 (Flow-GRPO's default is 0.7); "
                              "at 0 the step is the deterministic ODE step, with no log-probability")
@@ -106,16 +108,17 @@ def family_of(scheduler) -> str:
 
 
 def make_sampler(scheduler, num_steps: int, eta: float | None = None, noise_level: float | None = None,
-                 sde_window=None) -> Sampler:
+                 sde_window=None, schedule: dict | None = None) -> Sampler:
     """The sampler of the scheduler's family. `eta` belongs to DDIM, `noise_level` to flow
-    models; None takes the public default (DDPO's eta 1.0, Flow-GRPO's noise level 0.7)."""
+    models; None takes the public default (DDPO's eta 1.0, Flow-GRPO's noise level 0.7).
+    `schedule`: extra arguments of the scheduler's `set_timesteps` (`DiffusionModel.timestep_schedule`)."""
     family = family_of(scheduler)
     if family == "ddim":
         if noise_level is not None:
             raise ValueError(f"policy.noise_level={noise_level} is a flow-model setting; this model samples with DDIM "
                              "(set policy.eta instead)")
-        return DDIMSampler(scheduler, num_steps, 1.0 if eta is None else eta, sde_window)
+        return DDIMSampler(scheduler, num_steps, 1.0 if eta is None else eta, sde_window, schedule)
     if eta is not None:
         raise ValueError(f"policy.eta={eta} is a DDIM setting; this model is a rectified-flow model "
                          "(set policy.noise_level instead)")
-    return FlowSDESampler(scheduler, num_steps, 0.7 if noise_level is None else noise_level, sde_window)
+    return FlowSDESampler(scheduler, num_steps, 0.7 if noise_level is None else noise_level, sde_window, schedule)

@@ -1,5 +1,6 @@
-"""The embedded default: a ~1M-parameter text-conditioned UNet on 16x16 digits, and a
-digit classifier that serves as a reward and (for SEIKO) a feature backbone.
+"""The embedded default: a ~1M-parameter text-conditioned UNet on 16x16 digits (its family:
+`DigitsModel`, pixel space, a word-level prompt encoder), and a digit classifier that serves as
+a reward and (for SEIKO) a feature backbone.
 
 Sizes follow DESIGN.md: at 16x16 with channels 32/64 a training batch of 64 takes about
 0.2-0.4 s on 2 CPU cores, and sampling 40 images with CFG and 20 DDIM steps a few seconds,
@@ -14,7 +15,33 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from rlft.data.digits import vocabulary
+from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.base import DiffusionModel, save_unet_lora, unet_denoise
 from rlft.models.prompt_encoder import WordPromptEncoder
+
+
+class DigitsModel(DiffusionModel):
+    """The embedded models' family: a UNet in pixel space (no VAE: images are the latents, in
+    [-1, 1]) conditioned by cross-attention on a word-level prompt encoder; its LoRA in
+    Stable Diffusion's UNet format."""
+
+    def __init__(self, prompt_encoder: WordPromptEncoder):
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        return PromptEmbeds(self.prompt_encoder.encode(prompts))
+
+    def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
+        return unet_denoise(denoiser, latents, timesteps, embeds)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents + 1) / 2).clamp(0, 1)
+
+    def save_lora(self, denoiser, dirpath) -> None:
+        from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+        save_unet_lora(denoiser, dirpath, StableDiffusionLoraLoaderMixin)
 
 
 def build_digits_unet(image_size: int = 16, embed_dim: int = 32) -> UNet2DConditionModel:
@@ -109,7 +136,7 @@ def load_digits_model(path: str) -> dict:
     return {
         "denoiser": UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
         "scheduler": load_scheduler(path),
-        "prompt_encoder": WordPromptEncoder.from_pretrained(path, subfolder="text_encoder"),
+        "model": DigitsModel(WordPromptEncoder.from_pretrained(path, subfolder="text_encoder")),
         "base": base_fingerprint(path, parts, dtype="float32"),
     }
 

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.base import DiffusionModel, save_transformer_lora, vae_decode
 from rlft.models.fingerprint import base_fingerprint
 from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
@@ -23,19 +24,22 @@ COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer
 T5_COMPONENTS = ("text_encoder_3", "tokenizer_3")
 
 
-class SD3PromptEncoder(nn.Module):
-    """Prompts -> SD3's conditioning: joint-attention tokens (B, 77 + L_t5, D) and pooled CLIP
-    embeddings (B, P), exactly as `StableDiffusion3Pipeline.encode_prompt` makes them.
+class SD3Model(DiffusionModel):
+    """Stable Diffusion 3/3.5. Prompts -> joint-attention tokens (B, 77 + L_t5, D) and pooled CLIP
+    embeddings (B, P), exactly as `StableDiffusion3Pipeline.encode_prompt` makes them; the
+    transformer takes the pooled ones as `pooled_projections`; the VAE has a shift as well as a
+    scale; LoRA in the format `StableDiffusion3Pipeline.load_lora_weights` reads.
 
-    The text encoders are this module's submodules (so they move with the policy); the
-    pipeline object that runs `encode_prompt` is a plain attribute, not a submodule, so the
+    The text encoders and the VAE are this module's submodules (so they move with the policy);
+    the pipeline object that runs `encode_prompt` is a plain attribute, not a submodule, so the
     transformer it refers to (for its config alone) is not counted twice.
     """
 
-    def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+    def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer, vae,
                  text_encoder_3=None, tokenizer_3=None, max_sequence_length: int = 256):
         super().__init__()
         self.text_encoder, self.text_encoder_2, self.text_encoder_3 = text_encoder, text_encoder_2, text_encoder_3
+        self.vae = vae
         self.max_sequence_length = max_sequence_length
         self.__dict__["pipeline"] = StableDiffusion3Pipeline(
             transformer=transformer, scheduler=None, vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -44,12 +48,24 @@ class SD3PromptEncoder(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> PromptEmbeds:
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         tokens, _, pooled, _ = self.pipeline.encode_prompt(
             list(prompts), prompt_2=None, prompt_3=None, device=self.text_encoder.device,
             do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
         )
         return PromptEmbeds(tokens, pooled)
+
+    def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
+        return denoiser(hidden_states=latents, timestep=timesteps, encoder_hidden_states=embeds.tokens,
+                        pooled_projections=embeds.pooled).sample
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return vae_decode(self.vae, latents)
+
+    def save_lora(self, denoiser, dirpath) -> None:
+        from diffusers.loaders import SD3LoraLoaderMixin
+
+        save_transformer_lora(denoiser, dirpath, SD3LoraLoaderMixin)
 
 
 def load_sd3(
@@ -62,7 +78,8 @@ def load_sd3(
     gradient_checkpointing: bool = False,
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the SD3 transformer), scheduler
-    (flow matching, from the pipeline's config), prompt_encoder (CLIP-L + CLIP-G (+ T5)), vae."""
+    (flow matching, from the pipeline's config), model (`SD3Model`: CLIP-L + CLIP-G (+ T5), the
+    VAE), base (its fingerprint)."""
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
     local = Path(pretrained)
@@ -101,9 +118,8 @@ def load_sd3(
     return {
         "denoiser": transformer,
         "scheduler": scheduler,
-        "prompt_encoder": SD3PromptEncoder(**encoders, **tokenizers, transformer=transformer,
-                                           max_sequence_length=max_sequence_length),
-        "vae": vae.requires_grad_(False).eval(),
+        "model": SD3Model(**encoders, **tokenizers, transformer=transformer, vae=vae.requires_grad_(False).eval(),
+                          max_sequence_length=max_sequence_length),
         "base": {**base_fingerprint(pretrained, ("model_index.json", *COMPONENTS, *(T5_COMPONENTS if use_t5 else ())),
                                      dtype, revision, variant), "use_t5": use_t5},
     }

@@ -15,6 +15,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.base import DiffusionModel, save_unet_lora, unet_denoise, vae_decode
 from rlft.models.fingerprint import base_fingerprint
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -41,22 +43,35 @@ FAMILY_CHOICES = {
 }
 
 
-class ClipPromptEncoder(nn.Module):
-    """Prompts -> CLIP text encoder hidden states (B, 77, D), as StableDiffusionPipeline
-    encodes them (padding to the tokenizer's max length, truncation)."""
+class StableDiffusionModel(DiffusionModel):
+    """Stable Diffusion 1.x/2.x: prompts -> CLIP text encoder hidden states (B, 77, D), as
+    StableDiffusionPipeline encodes them (padding to the tokenizer's max length, truncation);
+    a UNet with cross-attention; the VAE's scaling; LoRA in the UNet format its pipeline loads."""
 
-    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel):
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, vae: nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.vae = vae
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
         ).input_ids.to(self.text_encoder.device)
-        return self.text_encoder(ids)[0]
+        return PromptEmbeds(self.text_encoder(ids)[0])
+
+    def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
+        return unet_denoise(denoiser, latents, timesteps, embeds)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return vae_decode(self.vae, latents)
+
+    def save_lora(self, denoiser, dirpath) -> None:
+        from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+        save_unet_lora(denoiser, dirpath, StableDiffusionLoraLoaderMixin)
 
 
 def load_stable_diffusion(
@@ -67,7 +82,7 @@ def load_stable_diffusion(
     gradient_checkpointing: bool = False,
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the pipeline's
-    scheduler config), prompt_encoder (CLIP), vae."""
+    scheduler config), model (`StableDiffusionModel`: CLIP and the VAE), base (its fingerprint)."""
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
     local = Path(pretrained)
@@ -96,7 +111,6 @@ def load_stable_diffusion(
     return {
         "denoiser": unet,
         "scheduler": scheduler,
-        "prompt_encoder": ClipPromptEncoder(tokenizer, text_encoder.requires_grad_(False).eval()),
-        "vae": vae.requires_grad_(False).eval(),
+        "model": StableDiffusionModel(tokenizer, text_encoder.requires_grad_(False).eval(), vae.requires_grad_(False).eval()),
         "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
     }

@@ -45,7 +45,7 @@ from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.run.config import CONFIG_DIR, check_config_dir
 from rlft.diffusion.noise import sample_generators
-from rlft.diffusion.policy import PromptEmbeds, run_denoiser
+from rlft.diffusion.policy import PromptEmbeds
 from rlft.diffusion.reference import snapshot
 from rlft.tools.size_check import size_check, size_table
 
@@ -92,11 +92,10 @@ def bare_denoiser(policy, latents, timestep, embeds):
     when the denoiser is compiled (its `forward`, not its compiled `__call__`)."""
     denoiser = policy.denoiser.forward
     timestep = torch.as_tensor(timestep, device=latents.device).expand(len(latents))
-    if policy.guidance_scale == 1.0:
-        return run_denoiser(denoiser, latents, timestep, embeds)
-    uncond = PromptEmbeds(policy.uncond_tokens, policy.uncond_pooled).expand(len(latents))
-    return run_denoiser(denoiser, torch.cat([latents, latents]), torch.cat([timestep, timestep]),
-                        PromptEmbeds.cat([uncond, embeds]))
+    if not policy.batched_guidance:
+        return policy.model.denoise(denoiser, latents, timestep, embeds, guidance_scale=policy.guidance_scale)
+    return policy.model.denoise(denoiser, torch.cat([latents, latents]), torch.cat([timestep, timestep]),
+                                PromptEmbeds.cat([policy.uncond_embeds(len(latents)), embeds]))
 
 
 def machine() -> str:

@@ -1,0 +1,96 @@
+"""The model interface: what a model family does its own way, in one object per family.
+
+`DiffusionPolicy`, the samplers, the algorithms and the rewards call only this interface and
+never ask which family a model is. A family module under `rlft/models/` subclasses
+`DiffusionModel` and says how it
+
+- encodes prompts (`encode_prompts`: its text encoders, templates, pooled embeddings, masks),
+- shapes its latents (`latent_shape`: (B, C, H, W), or (B, C, F, H, W) for video),
+- calls its denoiser once (`denoise`: packing, positional ids, the timestep's scale, pooled
+  projections, a guidance embedding),
+- combines the two branches of classifier-free guidance (`combine_guidance`),
+- schedules its timesteps (`timestep_schedule`: a static shift, or FLUX's shift from the
+  latent sequence length),
+- decodes latents to images in [0, 1] (`decode`), and
+- writes its LoRA so that its own diffusers pipeline loads it (`save_lora`).
+
+The trained denoiser is the policy's (LoRA, compile and checkpoints act on `policy.denoiser`):
+it is passed to `denoise` and `save_lora`, never held here. What a `DiffusionModel` holds is
+frozen: text encoders and the VAE.
+"""
+
+from pathlib import Path
+
+import torch
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+
+from rlft.diffusion.policy import PromptEmbeds
+
+
+class DiffusionModel(nn.Module):
+    #: "cfg": classifier-free guidance, both branches batched in one denoiser call;
+    #: "embedded": the scale is an input of the denoiser (FLUX.1-dev), one branch.
+    guidance = "cfg"
+
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        raise NotImplementedError
+
+    def default_latent_size(self, denoiser: nn.Module) -> int:
+        """The latent side sampled at when `policy.latent_size` is null."""
+        return denoiser.config.sample_size
+
+    def latent_shape(self, denoiser: nn.Module, batch: int, latent_size: int) -> tuple[int, ...]:
+        return (batch, denoiser.config.in_channels, latent_size, latent_size)
+
+    def timestep_schedule(self, num_steps: int, latent_shape: tuple[int, ...]) -> dict:
+        """Arguments of the scheduler's `set_timesteps` besides the number of steps."""
+        return {}
+
+    def denoise(self, denoiser, latents: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds,
+                guidance_scale: float | None = None) -> torch.Tensor:
+        """One denoiser call on a batch (CFG's two branches concatenated by the policy): the noise
+        or velocity prediction, shaped like `latents`. `guidance_scale` is given to a model whose
+        `guidance` is "embedded". `denoiser` may be a module or its bare `forward`."""
+        raise NotImplementedError
+
+    def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        return uncond + scale * (cond - uncond)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_lora(self, denoiser: nn.Module, dirpath: str | Path) -> None:
+        raise NotImplementedError
+
+
+def unet_denoise(denoiser, latents, timesteps, embeds: PromptEmbeds, **added_cond) -> torch.Tensor:
+    """A UNet2DConditionModel's call: cross-attention on the tokens."""
+    return denoiser(latents, timesteps, encoder_hidden_states=embeds.tokens, **added_cond).sample
+
+
+def save_unet_lora(denoiser: nn.Module, dirpath, loader) -> None:
+    """A UNet's LoRA in diffusers' UNet key format, as `loader` (the pipeline's LoRA mixin,
+    e.g. `StableDiffusionLoraLoaderMixin`) reads it, rank and alpha included."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    loader.save_lora_weights(
+        dirpath, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser)),
+        unet_lora_adapter_metadata=denoiser.peft_config["default"].to_dict(), safe_serialization=True,
+    )
+
+
+def save_transformer_lora(denoiser: nn.Module, dirpath, loader) -> None:
+    """A transformer's LoRA in peft's key format, as `loader` (SD3's, FLUX's LoRA mixin) reads it
+    (and diffusers' own LoRA training scripts write it), rank and alpha included."""
+    loader.save_lora_weights(
+        dirpath, transformer_lora_layers=get_peft_model_state_dict(denoiser),
+        transformer_lora_adapter_metadata=denoiser.peft_config["default"].to_dict(), safe_serialization=True,
+    )
+
+
+def vae_decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1] through an `AutoencoderKL`: unscaled, unshifted (SD3's and
+    FLUX's VAE have a shift as well as a scale; SD 1.x/2.x's shift is None)."""
+    scaled = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    return ((vae.decode(scaled.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
