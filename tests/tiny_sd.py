@@ -102,3 +102,34 @@ def save_tiny_sd3(path: Path, with_t5: bool = True) -> Path:
     )
     pipeline.save_pretrained(path)
     return path
+
+
+def save_tiny_flux(path: Path, guidance_embeds: bool = True) -> Path:
+    """A FluxPipeline directory: a tiny CLIP-L stand-in (pooled 16), a tiny T5 (32), a 1+1-block
+    FLUX transformer on 8x8 latents of 4 channels (16 packed), a 32x32 image VAE with a shift,
+    and FLUX.1-dev's scheduler (dynamic shifting). `guidance_embeds=False`: schnell's layout."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=74, hidden_size=16, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, bos_token_id=72, eos_token_id=73, pad_token_id=73,
+    ))
+    t5_tokenizer = tiny_t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=1,
+                                 num_heads=4, decoder_start_token_id=0))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
+        sample_size=32, shift_factor=0.1, scaling_factor=0.4,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tiny_tokenizer(),
+                 text_encoder_2=t5, tokenizer_2=t5_tokenizer).save_pretrained(path)
+    return path

@@ -40,6 +40,7 @@ def check_pipeline_class(path: Path, expected: str, choice: str) -> None:
 FAMILY_CHOICES = {
     "StableDiffusionPipeline": "model=stable_diffusion, sd15 or sd21",
     "StableDiffusion3Pipeline": "model=sd3, sd35_medium or sd35_large",
+    "FluxPipeline": "model=flux_dev or flux_schnell",
 }
 
 

@@ -1,0 +1,147 @@
+"""FLUX.1 through diffusers: the rectified-flow transformer that Flow-GRPO, DanceGRPO and
+MixGRPO fine-tune.
+
+What FLUX does its own way, all of it here (`FluxModel`):
+- the transformer takes *packed* latents, 2x2 patches flattened to a sequence
+  (`FluxPipeline._pack_latents`), with positional `img_ids` for that sequence and `txt_ids`
+  (zeros) for the T5 tokens; the policy keeps latents unpacked, (B, C, H, W), and `denoise`
+  packs on the way in and unpacks on the way out, so noise, steps and log-probabilities are
+  those of the unpacked tensor (the same elements, so `mean` and `sum` reduce the same);
+- FLUX.1-dev is guidance-distilled: the guidance scale is an input (`guidance`, a guidance
+  embedding), not two batched branches; FLUX.1-schnell has no guidance embedding;
+- its scheduler shifts the timesteps by `mu`, computed from the latent sequence length
+  (`calculate_shift`), over sigmas `linspace(1, 1/num_steps, num_steps)`, as `FluxPipeline`;
+- the transformer is fed `timestep / 1000`;
+- prompts are encoded by `FluxPipeline.encode_prompt` itself (CLIP-L pooled, T5-XXL tokens);
+- the VAE has a shift as well as a scale; LoRA in the format `FluxPipeline.load_lora_weights` reads.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.base import DiffusionModel, save_transformer_lora, vae_decode
+from rlft.models.fingerprint import base_fingerprint
+from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+class FluxModel(DiffusionModel):
+    """FLUX.1's ways (see the module's docstring). `guidance_embeds`: the transformer's config
+    flag (dev: true; schnell: false), read once at load."""
+
+    def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae, scheduler, guidance_embeds: bool,
+                 max_sequence_length: int = 512):
+        super().__init__()
+        self.text_encoder, self.text_encoder_2, self.vae = text_encoder, text_encoder_2, vae
+        self.max_sequence_length = max_sequence_length
+        self.guidance_embeds = guidance_embeds
+        self.guidance = "embedded" if guidance_embeds else "cfg"
+        self.scheduler_config = dict(scheduler.config)
+        # encode_prompt's host, a plain attribute (not a submodule): the encoders are ours
+        self.__dict__["pipeline"] = FluxPipeline(
+            transformer=None, scheduler=None, vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        )
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        tokens, pooled, _ = self.pipeline.encode_prompt(
+            list(prompts), prompt_2=None, device=self.text_encoder.device, max_sequence_length=self.max_sequence_length,
+        )
+        return PromptEmbeds(tokens, pooled)
+
+    def default_latent_size(self, denoiser) -> int:
+        """The VAE's image size over its downsampling: 1024 / 8 = 128 for FLUX.1 (FluxPipeline's default)."""
+        return self.vae.config.sample_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, denoiser, batch: int, latent_size: int) -> tuple[int, ...]:
+        if latent_size % 2:
+            raise ValueError(f"policy.latent_size={latent_size} is invalid: FLUX packs 2x2 latent patches, so it "
+                             "must be even (an image side divisible by 16)")
+        return (batch, denoiser.config.in_channels // 4, latent_size, latent_size)
+
+    def timestep_schedule(self, num_steps: int, latent_shape: tuple[int, ...]) -> dict:
+        config = self.scheduler_config
+        sequence_length = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
+        mu = calculate_shift(sequence_length, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps), "mu": mu}
+
+    def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
+        batch, channels, height, width = latents.shape
+        packed = FluxPipeline._pack_latents(latents, batch, channels, height, width)
+        img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
+        txt_ids = torch.zeros(embeds.tokens.shape[1], 3, device=latents.device, dtype=latents.dtype)
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full((batch,), float(guidance_scale or 1.0), device=latents.device, dtype=torch.float32)
+        out = denoiser(hidden_states=packed, timestep=timesteps.to(latents.dtype) / 1000, guidance=guidance,
+                       pooled_projections=embeds.pooled, encoder_hidden_states=embeds.tokens, txt_ids=txt_ids,
+                       img_ids=img_ids, return_dict=False)[0]
+        # _unpack_latents takes the image size; at vae_scale_factor 1 the latent size is that.
+        return FluxPipeline._unpack_latents(out, height, width, 1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return vae_decode(self.vae, latents)
+
+    def save_lora(self, denoiser, dirpath: str | Path) -> None:
+        from diffusers.loaders import FluxLoraLoaderMixin
+
+        save_transformer_lora(denoiser, dirpath, FluxLoraLoaderMixin)
+
+
+def load_flux(
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    dtype: str = "bfloat16",
+    max_sequence_length: int = 512,
+    gradient_checkpointing: bool = False,
+) -> dict:
+    """-> the components `DiffusionPolicy` takes: denoiser (the FLUX transformer), scheduler
+    (flow matching with dynamic shift, from the pipeline's config), model (`FluxModel`: CLIP-L,
+    T5-XXL, the VAE), base (its fingerprint)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
+    local = Path(pretrained)
+    if local.exists() or pretrained.startswith((".", "/")):
+        check_pipeline_class(local, "FluxPipeline", "model=flux_dev (or flux_schnell)")
+        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r} is not a FLUX.1 pipeline directory: missing {missing} "
+                f"(expected {list(COMPONENTS)}, as FluxPipeline.save_pretrained writes)"
+            )
+    torch_dtype = DTYPES[dtype]
+    common = {"revision": revision}
+    weights = {"variant": variant, **common}
+    try:
+        transformer = FluxTransformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
+        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
+        text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
+        text_encoder_2 = T5EncoderModel.from_pretrained(pretrained, subfolder="text_encoder_2", dtype=torch_dtype, **weights)
+        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
+        tokenizer_2 = T5TokenizerFast.from_pretrained(pretrained, subfolder="tokenizer_2", **common)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
+    except (OSError, ValueError) as error:
+        raise OSError(f"could not load FLUX.1 from model.pretrained={pretrained!r} "
+                      f"(revision={revision}, variant={variant}): {error}") from error
+    if gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    for encoder in (text_encoder, text_encoder_2):
+        encoder.requires_grad_(False).eval()
+    model = FluxModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae.requires_grad_(False).eval(), scheduler,
+                      guidance_embeds=bool(transformer.config.guidance_embeds), max_sequence_length=max_sequence_length)
+    return {
+        "denoiser": transformer,
+        "scheduler": scheduler,
+        "model": model,
+        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
+    }
