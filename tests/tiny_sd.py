@@ -133,3 +133,33 @@ def save_tiny_flux(path: Path, guidance_embeds: bool = True) -> Path:
     FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tiny_tokenizer(),
                  text_encoder_2=t5, tokenizer_2=t5_tokenizer).save_pretrained(path)
     return path
+
+
+def save_tiny_sdxl(path: Path) -> Path:
+    """A StableDiffusionXLPipeline directory: two tiny CLIPs (hidden 16 each, CLIP-G's projection
+    16), a UNet on 8x8 latents with SDXL's text-time added conditioning, a 32x32 image VAE."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    config = dict(vocab_size=74, hidden_size=16, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=16, bos_token_id=72, eos_token_id=73, pad_token_id=73)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
+        sample_size=32,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**config)), tokenizer=tiny_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=16)),
+        tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler,
+    ).save_pretrained(path)
+    return path

@@ -41,6 +41,7 @@ FAMILY_CHOICES = {
     "StableDiffusionPipeline": "model=stable_diffusion, sd15 or sd21",
     "StableDiffusion3Pipeline": "model=sd3, sd35_medium or sd35_large",
     "FluxPipeline": "model=flux_dev or flux_schnell",
+    "StableDiffusionXLPipeline": "model=sdxl",
 }
 
 

@@ -1,0 +1,114 @@
+"""Stable Diffusion XL through diffusers, sampled with DDIM as DDPO samples SD 1.x (DDPO on SDXL).
+
+What SDXL does its own way, all of it here (`SDXLModel`):
+- two text encoders: prompts are encoded by `StableDiffusionXLPipeline.encode_prompt` itself
+  (both CLIPs' penultimate hidden states concatenated, (B, 77, 2048), and CLIP-G's pooled
+  projection, (B, 1280)); like the pipeline without a negative prompt, the empty prompt (the
+  unconditional branch) is zeros when the pipeline's `force_zeros_for_empty_prompt` says so;
+- the UNet's added conditioning: the pooled embedding as `text_embeds` and `add_time_ids`
+  (original size, crop corner, target size: (H, W, 0, 0, H, W) of the sampled image);
+- the VAE's scale; LoRA in the UNet format `StableDiffusionXLPipeline.load_lora_weights` reads.
+"""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.base import DiffusionModel, save_unet_lora, unet_denoise, vae_decode
+from rlft.models.fingerprint import base_fingerprint
+from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
+
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+class SDXLModel(DiffusionModel):
+    def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae, force_zeros_for_empty_prompt: bool = True):
+        super().__init__()
+        self.text_encoder, self.text_encoder_2, self.vae = text_encoder, text_encoder_2, vae
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # encode_prompt's host, a plain attribute (not a submodule): the encoders are ours
+        self.__dict__["pipeline"] = StableDiffusionXLPipeline(
+            vae=None, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2, unet=None, scheduler=None,
+        )
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        tokens, _, pooled, _ = self.pipeline.encode_prompt(list(prompts), device=self.text_encoder.device,
+                                                           do_classifier_free_guidance=False)
+        if self.force_zeros_for_empty_prompt:
+            empty = torch.tensor([p == "" for p in prompts], device=tokens.device)
+            tokens = torch.where(empty[:, None, None], torch.zeros_like(tokens), tokens)
+            pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+        return PromptEmbeds(tokens, pooled)
+
+    def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
+        height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
+        time_ids = torch.tensor([height, width, 0, 0, height, width], device=latents.device, dtype=embeds.tokens.dtype)
+        added = {"text_embeds": embeds.pooled, "time_ids": time_ids.expand(len(latents), -1)}
+        return unet_denoise(denoiser, latents, timesteps, embeds, added_cond_kwargs=added)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return vae_decode(self.vae, latents)
+
+    def save_lora(self, denoiser, dirpath: str | Path) -> None:
+        from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+        save_unet_lora(denoiser, dirpath, StableDiffusionXLLoraLoaderMixin)
+
+
+def load_sdxl(
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    dtype: str = "bfloat16",
+    gradient_checkpointing: bool = False,
+) -> dict:
+    """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the
+    pipeline's scheduler config, as DDPO), model (`SDXLModel`: both CLIPs, the VAE), base."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
+    local = Path(pretrained)
+    if local.exists() or pretrained.startswith((".", "/")):
+        check_pipeline_class(local, "StableDiffusionXLPipeline", "model=sdxl")
+        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r} is not a Stable Diffusion XL pipeline directory: missing {missing} "
+                f"(expected {list(COMPONENTS)}, as StableDiffusionXLPipeline.save_pretrained writes)"
+            )
+    torch_dtype = DTYPES[dtype]
+    common = {"revision": revision}
+    weights = {"variant": variant, **common}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", torch_dtype=torch_dtype, **weights)
+        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
+        text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(pretrained, subfolder="text_encoder_2", dtype=torch_dtype, **weights)
+        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer_2", **common)
+        # DDIM from the pipeline's (Euler) scheduler config, which names no set_alpha_to_one: DDIM's
+        # default (true) would make the last step deterministic, with no log-probability; SD 1.x's
+        # config says false, and so does rlft for SDXL.
+        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(pretrained, subfolder="scheduler", **common),
+                                              set_alpha_to_one=False)
+        pipeline_config = StableDiffusionXLPipeline.load_config(pretrained, **common)
+    except (OSError, ValueError) as error:
+        raise OSError(f"could not load Stable Diffusion XL from model.pretrained={pretrained!r} "
+                      f"(revision={revision}, variant={variant}): {error}") from error
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    for encoder in (text_encoder, text_encoder_2):
+        encoder.requires_grad_(False).eval()
+    model = SDXLModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae.requires_grad_(False).eval(),
+                      force_zeros_for_empty_prompt=pipeline_config.get("force_zeros_for_empty_prompt", True))
+    return {
+        "denoiser": unet,
+        "scheduler": scheduler,
+        "model": model,
+        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
+    }

@@ -1,0 +1,87 @@
+"""Stable Diffusion XL on a tiny StableDiffusionXLPipeline the tests save: the real loaders;
+both text encoders, pooled embeddings, add_time_ids and the empty prompt's zeros against the
+pipeline's own DDIM loop; DDPO (PPO) and GRPO through `model=sdxl`, and LoRA weights that load
+into a plain `StableDiffusionXLPipeline`."""
+
+import math
+
+import pytest
+import torch
+
+from rlft.diffusion.policy import DiffusionPolicy
+from rlft.models.sdxl import load_sdxl
+from rlft.models.stable_diffusion import load_stable_diffusion
+from rlft.tools.tensorboard import read_scalars
+from tests.test_end_to_end import run_rlft
+from tests.test_stable_diffusion import assert_lora_changes_the_pipeline, save_tiny_assets, sd_overrides
+from tests.tiny_sd import save_tiny_sdxl
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return save_tiny_assets(tmp_path_factory.mktemp("tiny_sdxl"), {"sdxl": save_tiny_sdxl})
+
+
+def test_the_policys_deterministic_chain_is_the_pipelines_ddim_loop(assets):
+    """rlft's chain with eta = 0 (its ODE step) equals StableDiffusionXLPipeline's loop under
+    DDIMScheduler from the same noise: prompt encoding by both CLIPs, the unconditional branch's
+    zeros, pooled `text_embeds`, `add_time_ids` and CFG."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    components = load_sdxl(str(assets["sdxl"]), dtype="float32")
+    policy = DiffusionPolicy(**components, num_steps=4, guidance_scale=3.0, lora_rank=None)
+    assert policy.uncond_tokens.abs().sum() == 0 and policy.uncond_pooled.abs().sum() == 0  # force_zeros_for_empty_prompt
+    noise = policy.initial_latents(2, torch.Generator().manual_seed(0))
+    x = noise
+    with torch.no_grad():
+        embeds = policy.encode_prompts(["a cat", "a dog"])
+        assert embeds.tokens.shape == (2, 16, 32) and embeds.pooled.shape == (2, 16)
+        for t in policy.sampler.timesteps:
+            x = policy.sampler.ode_step(policy.predict(x, t, embeds), t, x)
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(assets["sdxl"])
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=False)  # as load_sdxl
+    theirs = pipe(["a cat", "a dog"], height=32, width=32, num_inference_steps=4, guidance_scale=3.0, eta=0.0,
+                  latents=noise, output_type="latent").images
+    torch.testing.assert_close(x, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_policy_on_sdxl_recomputes_its_stored_log_probs(assets):
+    policy = DiffusionPolicy(**load_sdxl(str(assets["sdxl"]), dtype="float32"), num_steps=3, guidance_scale=2.0)
+    assert policy.family == "ddim"
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    traj = policy.sample(["a cat", "a dog"], generator=torch.Generator().manual_seed(0))
+    assert traj.images.shape == (2, 3, 32, 32) and traj.log_probs.shape == (2, 3)
+    for j in range(3):
+        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
+        assert torch.equal(recomputed, traj.log_probs[:, j])
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_a_run_on_sdxl_and_its_lora_in_a_plain_sdxl_pipeline(assets, tmp_path, algorithm):
+    from diffusers import StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
+    run_rlft(*sd_overrides(assets, model="sdxl", pipeline="sdxl"), f"algorithm={algorithm}", *group,
+             "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2", "algorithm.lr=0.05",
+             "algorithm.clip_range=0.5", f"hydra.run.dir={run}", cwd=tmp_path)
+    scalars = read_scalars(run)
+    assert all(math.isfinite(v) for _, v in scalars["train/loss"] + scalars["reward/mean"])
+    assert all(abs(v) < 1e-6 for _, v in scalars["train/approx_kl_first_update"])
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(assets["sdxl"])
+    assert_lora_changes_the_pipeline(pipe, run / "lora", (1, 3, 32, 32), height=32, width=32)
+    saved = {k.split(".lora")[0] for k in load_file(run / "lora" / "pytorch_lora_weights.safetensors")}
+    adapter = next(iter(pipe.unet.peft_config))
+    loaded = {k.split(".lora")[0] for k in get_peft_model_state_dict(pipe.unet, adapter_name=adapter)}
+    assert saved and {k.removeprefix("unet.") for k in saved} == loaded  # every saved layer is loaded
+
+
+def test_a_pipeline_of_another_family_is_refused(assets):
+    with pytest.raises(ValueError, match=r"holds a StableDiffusionXLPipeline, not a StableDiffusionPipeline.*model=sdxl"):
+        load_stable_diffusion(str(assets["sdxl"]))
