@@ -104,6 +104,9 @@ class DiffusionPolicy(nn.Module):
     sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
     frozen model (`rlft.models.fingerprint`), which checkpoints store in its place.
 
+    `release_text_encoders`: once `cache_prompts` has encoded every prompt of a run, drop the
+    text encoders from memory (T5-XXL alone is 9.5 GB in bfloat16); later prompts are refused.
+
     `compile`: torch.compile the denoiser (True, or a dict of torch.compile's arguments),
     with static shapes: a batch smaller than one already compiled (with gradient or
     without) is padded up to it (`graph_batch`), so that a run compiles one graph per phase
@@ -129,6 +132,7 @@ class DiffusionPolicy(nn.Module):
         latent_size: int | None = None,
         base: dict | None = None,
         compile: bool | dict = False,
+        release_text_encoders: bool = True,
     ):
         super().__init__()
         self.denoiser = denoiser
@@ -162,6 +166,8 @@ class DiffusionPolicy(nn.Module):
             # Adam's updates of size lr * 1e-3 would vanish in float16.
             for param in self.trainable_parameters():
                 param.data = param.data.float()
+        self.release_after_caching = release_text_encoders
+        self.prompt_cache: dict[str, PromptEmbeds] | None = None  # prompt -> its embedding (batch 1, on the CPU)
         self.compiled = False
         self.compiled_batches = {}  # gradient enabled -> the batch sizes compiled graphs were built for
         if compile:
@@ -202,7 +208,26 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
-        return self.model.encode_prompts(list(prompts))
+        """Prompts -> embeddings: from the cache when `cache_prompts` has made one, else encoded."""
+        if self.prompt_cache is None:
+            return self.model.encode_prompts(list(prompts))
+        missing = sorted({p for p in prompts if p not in self.prompt_cache})
+        if missing:
+            raise ValueError(f"prompts {missing} were not among those this run encoded at its start, and its text "
+                             "encoders are released (policy.release_text_encoders=false keeps them)")
+        return PromptEmbeds.cat([self.prompt_cache[p] for p in prompts]).map(lambda x: x.to(self.device))
+
+    @torch.no_grad()
+    def cache_prompts(self, prompts: list[str]) -> dict:
+        """Encode each of a run's prompts once (a prompt the model cannot encode fails here,
+        before any work) and keep the embeddings on the CPU; then, if `release_text_encoders`,
+        drop the text encoders. Returns what it did, for the log."""
+        unique = sorted(set(prompts))
+        embeds = self.model.encode_prompts(unique)
+        self.prompt_cache = {p: embeds[i : i + 1].map(lambda x: x.cpu()) for i, p in enumerate(unique)}
+        released = self.model.release_text_encoders() if self.release_after_caching else []
+        kept_mb = sum(x.numel() * x.element_size() for e in self.prompt_cache.values() for x in e.fields() if x is not None)
+        return {"prompts": len(unique), "cache_mb": kept_mb / 2**20, "released": released}
 
     def uncond_embeds(self, batch: int) -> PromptEmbeds:
         """The negative prompt's embedding, `batch` times (a view)."""

@@ -32,6 +32,22 @@ class DiffusionModel(nn.Module):
     #: "cfg": classifier-free guidance, both branches batched in one denoiser call;
     #: "embedded": the scale is an input of the denoiser (FLUX.1-dev), one branch.
     guidance = "cfg"
+    #: the attributes holding text encoders, dropped by `release_text_encoders`
+    text_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+    def release_text_encoders(self) -> list[str]:
+        """Drop the text encoders (and a host pipeline's references to them), so that their
+        memory is freed once every prompt a run uses is encoded (`DiffusionPolicy.cache_prompts`).
+        Returns the names of those that were held."""
+        released = []
+        for name in self.text_encoders:
+            if getattr(self, name, None) is not None:
+                setattr(self, name, None)
+                released.append(name)
+            pipeline = self.__dict__.get("pipeline")
+            if pipeline is not None and getattr(pipeline, name, None) is not None:
+                setattr(pipeline, name, None)
+        return released
 
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         raise NotImplementedError

@@ -25,6 +25,8 @@ class DigitsModel(DiffusionModel):
     [-1, 1]) conditioned by cross-attention on a word-level prompt encoder; its LoRA in
     Stable Diffusion's UNet format."""
 
+    text_encoders = ("prompt_encoder",)
+
     def __init__(self, prompt_encoder: WordPromptEncoder):
         super().__init__()
         self.prompt_encoder = prompt_encoder

@@ -16,9 +16,13 @@ from rlft.run.validation import ConfigError, validate
 log = logging.getLogger(__name__)
 
 
-def check_prompts(policy, prompts: list[str]) -> None:
-    """Encode every prompt once, so a prompt the model cannot encode fails before training."""
-    policy.encode_prompts(sorted(set(prompts)))
+def encode_once(policy, prompts: list[str]) -> None:
+    """A run's prompts are fixed: encode each once (a prompt the model cannot encode fails here,
+    before any work), keep the embeddings and, unless policy.release_text_encoders=false, free
+    the text encoders."""
+    done = policy.cache_prompts(prompts)
+    released = f"; released {', '.join(done['released'])}" if done["released"] else ""
+    log.info(f"encoded {done['prompts']} prompts once ({done['cache_mb']:.1f} MB kept on the CPU){released}")
 
 
 def check_family(policy, model_cfg) -> None:
@@ -41,7 +45,7 @@ def build(cfg: DictConfig):
     policy = instantiate(cfg.policy, **components)
     check_family(policy, cfg.model)
     data = instantiate(cfg.data)
-    check_prompts(policy, data.train_prompts + data.eval_prompts)
+    encode_once(policy, data.train_prompts + data.eval_prompts)
     # The algorithm's config names its other inputs (reward, ensemble, aggregation...).
     module = instantiate(cfg.algorithm.module, policy=policy)
     trainer = instantiate(cfg.trainer)
