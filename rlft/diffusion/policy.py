@@ -212,10 +212,16 @@ class DiffusionPolicy(nn.Module):
         if self.prompt_cache is None:
             return self.model.encode_prompts(list(prompts))
         missing = sorted({p for p in prompts if p not in self.prompt_cache})
-        if missing:
+        if missing and self.release_after_caching:
             raise ValueError(f"prompts {missing} were not among those this run encoded at its start, and its text "
                              "encoders are released (policy.release_text_encoders=false keeps them)")
+        if missing:
+            self.add_to_cache(missing)
         return PromptEmbeds.cat([self.prompt_cache[p] for p in prompts]).map(lambda x: x.to(self.device))
+
+    def add_to_cache(self, prompts: list[str]) -> None:
+        embeds = self.model.encode_prompts(prompts)
+        self.prompt_cache.update({p: embeds[i : i + 1].map(lambda x: x.cpu()) for i, p in enumerate(prompts)})
 
     @torch.no_grad()
     def cache_prompts(self, prompts: list[str]) -> dict:
@@ -223,8 +229,8 @@ class DiffusionPolicy(nn.Module):
         before any work) and keep the embeddings on the CPU; then, if `release_text_encoders`,
         drop the text encoders. Returns what it did, for the log."""
         unique = sorted(set(prompts))
-        embeds = self.model.encode_prompts(unique)
-        self.prompt_cache = {p: embeds[i : i + 1].map(lambda x: x.cpu()) for i, p in enumerate(unique)}
+        self.prompt_cache = {}
+        self.add_to_cache(unique)
         released = self.model.release_text_encoders() if self.release_after_caching else []
         kept_mb = sum(x.numel() * x.element_size() for e in self.prompt_cache.values() for x in e.fields() if x is not None)
         return {"prompts": len(unique), "cache_mb": kept_mb / 2**20, "released": released}
