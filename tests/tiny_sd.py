@@ -163,3 +163,43 @@ def save_tiny_sdxl(path: Path) -> Path:
         tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler,
     ).save_pretrained(path)
     return path
+
+
+def tiny_qwen_tokenizer():
+    """A word-level tokenizer with Qwen's chat tokens, built with `tokenizers` (no download); the
+    pipeline's prompt template's prefix is 34 tokens with it, as with Qwen2.5-VL's own."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast  # saved and reloaded as built (Qwen2Tokenizer rebuilds a BPE)
+
+    words = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "\n", "a", "cat", "dog", "fox"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+
+
+def save_tiny_qwen_image(path: Path) -> Path:
+    """A QwenImagePipeline directory: a 2-layer Qwen2.5-VL (hidden 16), a 1-layer transformer on
+    8x8 latents of 4 channels (16 packed), a Qwen-Image VAE (4x downsampling, 32x32 images)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": 32, "rope_theta": 1e6,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=32, vision_start_token_id=28, vision_end_token_id=29, vision_token_id=30,
+        image_token_id=31, video_token_id=27,
+    )
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+                                 latents_mean=[0.1, -0.1, 0.0, 0.2], latents_std=[1.5, 0.5, 1.0, 2.0])
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192)
+    QwenImagePipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=Qwen2_5_VLForConditionalGeneration(config),
+                      tokenizer=tiny_qwen_tokenizer()).save_pretrained(path)
+    return path

@@ -62,8 +62,21 @@ class PromptEmbeds:
 
     @staticmethod
     def cat(parts: list["PromptEmbeds"]) -> "PromptEmbeds":
+        """The batches one after another. Masked embeddings of different lengths (Qwen-Image keeps
+        each prompt's own length) are padded to the longest with zeros that the mask leaves out."""
+        length = max(part.tokens.shape[1] for part in parts)
+        if any(part.tokens.shape[1] != length for part in parts):
+            if any(part.mask is None for part in parts):
+                raise ValueError("prompt embeddings of different lengths need an attention mask to be batched")
+            parts = [part.padded_to(length) for part in parts]
         columns = zip(*(part.fields() for part in parts))
         return PromptEmbeds(*(None if column[0] is None else torch.cat(column) for column in columns))
+
+    def padded_to(self, length: int) -> "PromptEmbeds":
+        """Tokens and mask padded with zeros (masked out) to `length` tokens."""
+        extra = length - self.tokens.shape[1]
+        pad = lambda x: torch.cat([x, x.new_zeros(x.shape[0], extra, *x.shape[2:])], dim=1)
+        return PromptEmbeds(pad(self.tokens), self.pooled, pad(self.mask))
 
 
 @dataclass

@@ -42,6 +42,7 @@ FAMILY_CHOICES = {
     "StableDiffusion3Pipeline": "model=sd3, sd35_medium or sd35_large",
     "FluxPipeline": "model=flux_dev or flux_schnell",
     "StableDiffusionXLPipeline": "model=sdxl",
+    "QwenImagePipeline": "model=qwen_image",
 }
 
 

@@ -1,0 +1,158 @@
+"""Qwen-Image through diffusers: a 20B rectified-flow MMDiT conditioned by a Qwen2.5-VL.
+
+What Qwen-Image does its own way, all of it here (`QwenImageModel`):
+- prompts are encoded by `QwenImagePipeline.encode_prompt` itself: the pipeline's prompt
+  template around each prompt, Qwen2.5-VL's last hidden states with the template's first 34
+  tokens dropped, each prompt keeping its own length with an attention mask (rlft pads a batch
+  to its longest prompt, the mask leaving the padding out: `PromptEmbeds.cat`);
+- packed 2x2 latents (as FLUX) with `img_shapes`, the mask as `encoder_hidden_states_mask`,
+  the transformer fed `timestep / 1000`; the schedule shifted by `mu` as FLUX's;
+- true classifier-free guidance with the pipeline's norm rescaling: the combined prediction is
+  rescaled, per packed token, to the norm of the conditional one;
+- a video-style VAE (a frame axis of 1) with per-channel latent mean and std;
+- LoRA in the format `QwenImagePipeline.load_lora_weights` reads.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+from rlft.diffusion.policy import PromptEmbeds
+from rlft.models.base import DiffusionModel, save_transformer_lora
+from rlft.models.fingerprint import base_fingerprint
+from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C), QwenImagePipeline._pack_latents."""
+    batch, channels, height, width = latents.shape
+    return QwenImagePipeline._pack_latents(latents, batch, channels, height, width)
+
+
+def unpack(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack` (the pipeline's _unpack_latents at a latent's own size, frame axis dropped)."""
+    return QwenImagePipeline._unpack_latents(packed, height, width, 1)[:, :, 0]
+
+
+class QwenImageModel(DiffusionModel):
+    text_encoders = ("text_encoder",)
+
+    def __init__(self, text_encoder, tokenizer, vae, scheduler, guidance_embeds: bool = False,
+                 max_sequence_length: int = 512):
+        super().__init__()
+        self.text_encoder, self.vae = text_encoder, vae
+        self.max_sequence_length = max_sequence_length
+        self.guidance_embeds = guidance_embeds
+        self.guidance = "embedded" if guidance_embeds else "cfg"
+        self.scheduler_config = dict(scheduler.config)
+        self.vae_scale_factor = 2 ** len(vae.temperal_downsample)
+        # encode_prompt's host, a plain attribute (not a submodule): the encoder is ours
+        self.__dict__["pipeline"] = QwenImagePipeline(transformer=None, vae=None, scheduler=None,
+                                                      text_encoder=text_encoder, tokenizer=tokenizer)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        tokens, mask = self.pipeline.encode_prompt(list(prompts), device=self.text_encoder.device,
+                                                   max_sequence_length=self.max_sequence_length)
+        if mask is None:  # the pipeline drops a mask of all ones; rlft keeps one, to batch prompts of other lengths
+            mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        return PromptEmbeds(tokens, mask=mask)
+
+    def default_latent_size(self, denoiser) -> int:
+        return 1024 // self.vae_scale_factor  # 1024x1024 images, the pipeline's default
+
+    def latent_shape(self, denoiser, batch: int, latent_size: int) -> tuple[int, ...]:
+        if latent_size % 2:
+            raise ValueError(f"policy.latent_size={latent_size} is invalid: Qwen-Image packs 2x2 latent patches, so "
+                             "it must be even")
+        return (batch, denoiser.config.in_channels // 4, latent_size, latent_size)
+
+    def timestep_schedule(self, num_steps: int, latent_shape: tuple[int, ...]) -> dict:
+        config = self.scheduler_config
+        sequence_length = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
+        mu = calculate_shift(sequence_length, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps), "mu": mu}
+
+    def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
+        batch, _, height, width = latents.shape
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full((batch,), float(guidance_scale or 1.0), device=latents.device, dtype=torch.float32)
+        out = denoiser(hidden_states=pack(latents), timestep=timesteps.to(latents.dtype) / 1000, guidance=guidance,
+                       encoder_hidden_states_mask=None if embeds.mask.all() else embeds.mask,  # as the pipeline passes it
+                       encoder_hidden_states=embeds.tokens,
+                       img_shapes=[[(1, height // 2, width // 2)]] * batch, return_dict=False)[0]
+        return unpack(out, height, width)
+
+    def combine_guidance(self, uncond, cond, scale):
+        """QwenImagePipeline's true CFG: the guided prediction rescaled, per packed token, to the
+        conditional prediction's norm."""
+        height, width = cond.shape[-2:]
+        combined, cond = pack(uncond + scale * (cond - uncond)), pack(cond)
+        rescaled = combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+        return unpack(rescaled, height, width)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, self.vae.dtype)
+        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, self.vae.dtype)
+        frames = latents[:, :, None].to(self.vae.dtype) * std + mean
+        return ((self.vae.decode(frames, return_dict=False)[0][:, :, 0].float() + 1) / 2).clamp(0, 1)
+
+    def save_lora(self, denoiser, dirpath: str | Path) -> None:
+        from diffusers.loaders import QwenImageLoraLoaderMixin
+
+        save_transformer_lora(denoiser, dirpath, QwenImageLoraLoaderMixin)
+
+
+def load_qwen_image(
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    dtype: str = "bfloat16",
+    max_sequence_length: int = 512,
+    gradient_checkpointing: bool = False,
+) -> dict:
+    """-> the components `DiffusionPolicy` takes: denoiser (the Qwen-Image transformer), scheduler,
+    model (`QwenImageModel`: Qwen2.5-VL, the VAE), base (its fingerprint)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
+    local = Path(pretrained)
+    if local.exists() or pretrained.startswith((".", "/")):
+        check_pipeline_class(local, "QwenImagePipeline", "model=qwen_image")
+        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r} is not a Qwen-Image pipeline directory: missing {missing} "
+                f"(expected {list(COMPONENTS)}, as QwenImagePipeline.save_pretrained writes)"
+            )
+    torch_dtype = DTYPES[dtype]
+    common = {"revision": revision}
+    weights = {"variant": variant, **common}
+    try:
+        transformer = QwenImageTransformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
+        vae = AutoencoderKLQwenImage.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
+        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(pretrained, subfolder="text_encoder",
+                                                                          dtype=torch_dtype, **weights)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
+    except (OSError, ValueError) as error:
+        raise OSError(f"could not load Qwen-Image from model.pretrained={pretrained!r} "
+                      f"(revision={revision}, variant={variant}): {error}") from error
+    if gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    model = QwenImageModel(text_encoder.requires_grad_(False).eval(), tokenizer, vae.requires_grad_(False).eval(), scheduler,
+                           guidance_embeds=bool(transformer.config.guidance_embeds), max_sequence_length=max_sequence_length)
+    return {
+        "denoiser": transformer,
+        "scheduler": scheduler,
+        "model": model,
+        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
+    }
