@@ -203,3 +203,23 @@ def save_tiny_qwen_image(path: Path) -> Path:
     QwenImagePipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=Qwen2_5_VLForConditionalGeneration(config),
                       tokenizer=tiny_qwen_tokenizer()).save_pretrained(path)
     return path
+
+
+def save_tiny_wan(path: Path) -> Path:
+    """A WanPipeline directory: a tiny T5 encoder (32), a 1-layer Wan transformer (patches 1x2x2),
+    a Wan VAE (4x in time, 8x in space): 5 frames of 32x32 are latents (16, 2, 4, 4)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_t5_tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=1,
+                                               num_heads=4, decoder_start_token_id=0))
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                                        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=1,
+                                        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                scheduler=scheduler).save_pretrained(path)
+    return path

@@ -35,7 +35,7 @@ from rlft.run.preemption import stop_if_requested
 from rlft.rewards.learned import LearnedReward
 from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
 from rlft.run.validation import check_sharding
-from rlft.tools.visualize import sample_grid
+from rlft.tools.visualize import sample_grid, video_summary
 
 
 log = logging.getLogger(__name__)
@@ -346,6 +346,9 @@ class OnlineRL(L.LightningModule):
             return
         if not self.trainer.is_global_zero or self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
             return  # rank 0 shows its shard
+        if traj.images.ndim == 5:  # videos (B, F, C, H, W): an animated GIF in the Images tab
+            self.logger.experiment._get_file_writer().add_summary(video_summary("samples", traj.images), self.current_epoch)
+            return
         self.logger.experiment.add_figure("samples", sample_grid(traj.images, traj.prompts, rewards), self.current_epoch)
 
     # -- checkpoints ---------------------------------------------------------------------

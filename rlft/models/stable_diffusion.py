@@ -43,6 +43,7 @@ FAMILY_CHOICES = {
     "FluxPipeline": "model=flux_dev or flux_schnell",
     "StableDiffusionXLPipeline": "model=sdxl",
     "QwenImagePipeline": "model=qwen_image",
+    "WanPipeline": "model=wan21_t2v_1_3b (or wan)",
 }
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from rlft.rewards import frames
 from rlft.run.checkpoints import atomic_save
 from rlft.run.preemption import last_checkpoint
 
@@ -34,7 +35,8 @@ def digest(images: torch.Tensor, prompts: list[str]) -> str:
 
 class AnswerStore:
     """`ask(key, images, prompts, reward_fn)` -> rewards (B,) float32 on the CPU, from disk
-    when this key was answered for these images, else from `reward_fn` (then stored).
+    when this key was answered for these images, else from `reward_fn` (then stored). Videos
+    (B, F, C, H, W) are scored frame by frame and averaged (`rlft.rewards.frames`).
     `directory=None` stores nothing (runs without checkpoints)."""
 
     def __init__(self, directory: str | Path | None = None):
@@ -43,7 +45,7 @@ class AnswerStore:
 
     def ask(self, key: str, images: torch.Tensor, prompts: list[str], reward_fn: Callable) -> torch.Tensor:
         if self.directory is None:
-            return torch.as_tensor(reward_fn(images, prompts)).float().cpu()
+            return frames.score(reward_fn, images, prompts)
         path = self.directory / f"{key}.pt"
         name = digest(images, prompts)
         if path.is_file():
@@ -53,7 +55,7 @@ class AnswerStore:
                 return saved["rewards"]
             log.warning(f"{path} answers other images than this run asks about (the code or settings changed "
                         f"since it was written); asking the reward again")
-        rewards = torch.as_tensor(reward_fn(images, prompts)).float().cpu()
+        rewards = frames.score(reward_fn, images, prompts)
         atomic_save({"digest": name, "rewards": rewards, "prompts": list(prompts)}, path)
         return rewards
 

@@ -172,6 +172,11 @@ def validate(cfg: DictConfig) -> None:
             _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0 (the public code's default is 1)")
 
     if a.name == "seiko":
+        # Its reward backpropagation runs the ensemble on decoded images; on videos it would need the
+        # frame averaging inside the gradient path, which is not written (the online algorithms score frames).
+        _check("num_frames" not in cfg.model, "algorithm", a.name,
+               f"SEIKO backpropagates an image reward model through the sampler, and model={cfg.model.name} is a "
+               "video model: use algorithm=ppo, grpo, ddpo_sf, rwr or nft on it (their rewards score each frame)")
         check_sharding(world_size(t) or 1, cfg.data.samples_per_epoch)
         budget = list(a.queries_per_round)
         _check(len(budget) > 0 and all(isinstance(n, int) and n > 0 for n in budget),

@@ -50,3 +50,23 @@ def metric_curves(
     else:
         fig.tight_layout()  # a legend outside is fitted by savefig(bbox_inches="tight") instead
     return fig
+
+
+def video_summary(tag: str, videos: torch.Tensor, max_videos: int = 8, fps: int = 8):
+    """Videos (B, F, C, H, W) in [0, 1] -> a TensorBoard image summary holding an animated GIF of
+    the first `max_videos` side by side (what SummaryWriter.add_video writes, encoded with PIL
+    instead of moviepy). TensorBoard's Images tab plays it."""
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    clips = videos[:max_videos].detach().float().cpu().clamp(0, 1)
+    tiled = torch.cat(list(clips), dim=-1)  # (F, C, H, n * W): the videos side by side
+    frames = (tiled * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    height, width = frames.shape[1:3]
+    image = Summary.Image(height=height, width=width, colorspace=frames.shape[-1], encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
