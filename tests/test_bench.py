@@ -39,6 +39,14 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
         assert result[f"{name}_compiled_run_ratio"] == pytest.approx(
             (calls * result[f"{name}_compiled_s"] + result[f"{name}_compile_s"]) / (calls * per_call))
     assert "policy.compile" in out
+    # compile=auto's threshold: compile time x the run's work over the time the run saves, from the same figures
+    calls = {name: cfg.epochs * 64 / 4 * (1 if name == "sample" else cfg.timestep_fraction) for name in ("sample", "ppo_train")}
+    eager = {name: result[f"{name}_compiled_s"] / result[f"{name}_compiled_ratio"] for name in calls}
+    saved = sum(calls[n] * (eager[n] - result[f"{n}_compiled_s"]) for n in calls)
+    work = sum(calls[n] * result[f"{n}_unet_evals"] for n in calls)
+    compile_s = sum(result[f"{n}_compile_s"] for n in calls)
+    expected = compile_s * work / saved if saved > 0 else float("inf")
+    assert result["compile_break_even_unet_evals"] == pytest.approx(expected) and "pays back above" in out
     # bench.md: docs/performance.md's table, one row per workload with its measured figures.
     rows = {line.split("|")[1].strip(): line for line in (run / "bench.md").read_text().splitlines() if line.startswith("| ")}
     for label, key in (("sampling", "sample"), ("PPO training", "ppo_train"), ("SEIKO step", "seiko_step")):

@@ -214,3 +214,27 @@ def test_readme_scaling_commands_compose_and_keep_the_global_batch():
         a = cfg.algorithm
         assert cfg.data.samples_per_epoch == 256, args
         assert processes * a.train_batch_size * a.gradient_accumulation_steps == 64, args  # samples per optimizer step
+
+
+def test_the_projected_work_is_what_a_run_counts():
+    """rlft.run.work's projection equals work/unet_evals as the runs count it: the default run's
+    0.081M (18 epochs x 64 samples x (20 steps sampled + 5 trained x 3) x 2 for CFG) and the tiny
+    CLI run's 192 an epoch (tests/test_end_to_end.py)."""
+    from rlft.run.work import projected_unet_evals
+
+    assert projected_unet_evals(compose_cfg([]), batched_guidance=True) == 18 * 64 * (20 + 5 * 3) * 2 == 80640
+    tiny = compose_cfg(["trainer.max_epochs=2", "data.samples_per_epoch=8", "policy.num_steps=3",
+                        "algorithm.timestep_fraction=1.0"])
+    assert projected_unet_evals(tiny, batched_guidance=True) == 2 * 192
+
+
+def test_compile_auto_compiles_above_the_break_even_only():
+    from rlft.run.work import choose_compile
+
+    cfg = compose_cfg(["policy.compile=auto"])  # the default run: 0.081M evaluations
+    assert choose_compile(cfg, batched_guidance=True) is False
+    cfg = compose_cfg(["policy.compile=auto", "compile_break_even=50000"])
+    assert choose_compile(cfg, batched_guidance=True) is True
+    assert choose_compile(compose_cfg(["policy.compile=true"]), batched_guidance=True) is True
+    with pytest.raises(ConfigError, match=r"policy.compile='sometimes' is invalid: must be true, false, auto"):
+        validate(compose_cfg(["policy.compile=sometimes"]))

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.run.preemption import last_checkpoint
 from rlft.run.validation import ConfigError, validate
+from rlft.run.work import choose_compile
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ def build(cfg: DictConfig):
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     components = instantiate(cfg.model.load)
-    policy = instantiate(cfg.policy, **components)
+    policy = instantiate(cfg.policy, **components, compile=False)
     check_family(policy, cfg.model)
+    compile = choose_compile(cfg, policy.batched_guidance)  # "auto": from the run's projected work
+    if compile:
+        policy.compile_denoiser(OmegaConf.to_container(compile) if isinstance(compile, DictConfig) else {})
     data = instantiate(cfg.data)
     encode_once(policy, data.train_prompts + data.eval_prompts)
     # The algorithm's config names its other inputs (reward, ensemble, aggregation...).

@@ -95,6 +95,12 @@ def validate(cfg: DictConfig) -> None:
     p = cfg.policy
     _check(p.num_steps >= 1, "policy.num_steps", p.num_steps, "must be an integer >= 1")
     _check(p.guidance_scale >= 1, "policy.guidance_scale", p.guidance_scale, "must be >= 1 (1 disables guidance)")
+    compile = p.get("compile", False)
+    _check(compile in (True, False, "auto") or isinstance(compile, DictConfig), "policy.compile", compile,
+           "must be true, false, auto (on when the run's projected work exceeds compile_break_even) or a dict of "
+           "torch.compile's arguments")
+    _check(cfg.get("compile_break_even", 1) > 0, "compile_break_even", cfg.get("compile_break_even"),
+           "must be > 0 (UNet evaluations; rlft bench measures it)")
     _check(p.reduction in ("mean", "sum"), "policy.reduction", p.reduction, "must be mean or sum (reduction=mean|sum)")
     _check(p.lora_rank is None or p.lora_rank >= 1, "policy.lora_rank", p.lora_rank, "must be >= 1, or null for full fine-tuning")
     check_sampler(cfg)

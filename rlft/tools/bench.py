@@ -26,6 +26,7 @@ Performance table made from it.
 """
 
 import json
+import math
 import multiprocessing
 import re
 import resource
@@ -218,14 +219,14 @@ def bench(cfg: DictConfig) -> dict:
     if cfg.bench.trials:
         out["trials"] = trials(policy, phases, repeats)
     if cfg.bench.compile:  # last: compiling is not undone
-        out |= compiled_figures(cfg, policy, phases)
+        out |= compiled_figures(cfg, policy, phases, {name: out[f"{name}_unet_evals"] for name in phases})
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
-def compiled_figures(cfg: DictConfig, policy, phases: dict) -> dict:
+def compiled_figures(cfg: DictConfig, policy, phases: dict, phase_work: dict) -> dict:
     """`policy.compile` measured: the denoiser compiled in place (with `cfg.policy.compile`'s
     options when it is a dict), then each phase's own code against the same bare eager loop
     as above, alternately. `*_compile_s`: the first compiled call less a steady one.
@@ -236,13 +237,19 @@ def compiled_figures(cfg: DictConfig, policy, phases: dict) -> dict:
     policy.compile_denoiser(OmegaConf.to_container(options) if isinstance(options, DictConfig) else {})
     per_run = cfg.algorithm.epochs * cfg.data.samples_per_epoch / cfg.bench.samples  # sampling calls a run makes
     calls = {"sample": per_run, "ppo_train": per_run * cfg.algorithm.timestep_fraction * cfg.algorithm.get("num_inner_epochs", 1)}
-    out = {}
+    out, saved, work = {}, 0.0, 0.0
     for name, (fn, bare) in phases.items():
         first = _seconds(fn)
         compiled, eager = timed_pair(fn, bare, cfg.bench.repeats)
         out[f"{name}_compiled_s"], out[f"{name}_compiled_ratio"] = compiled, compiled / eager
         out[f"{name}_compile_s"] = max(0.0, first - compiled)
         out[f"{name}_compiled_run_ratio"] = (calls[name] * compiled + out[f"{name}_compile_s"]) / (calls[name] * eager)
+        saved += calls[name] * (eager - compiled)  # seconds a run of this length saves once compiled
+        work += calls[name] * phase_work[name]
+    # policy.compile=auto's threshold (compile_break_even): the run's work, in UNet evaluations, at
+    # which the time saved equals the time compiling takes, at this config's mix of sampling and training.
+    compile_s = sum(out[f"{name}_compile_s"] for name in phases)
+    out["compile_break_even_unet_evals"] = compile_s * work / saved if saved > 0 else math.inf
     return out
 
 
@@ -368,6 +375,8 @@ def table(r: dict) -> str:
         for name, key in (("sampling", "sample"), ("PPO training", "ppo_train")):
             lines.append(f"{name:14} {r[f'{key}_compiled_ratio']:15.2f} {r[f'{key}_compile_s']:10.1f} "
                          f"{r[f'{key}_compiled_run_ratio']:29.2f}")
+        lines.append(f"compiling pays back above {r['compile_break_even_unet_evals'] / 1e6:.3f}M UNet evaluations "
+                     "(compile_break_even, for policy.compile=auto)")
     if r.get("trials"):
         lines += ["", "other levers, time over the bare eager loop: " + ", ".join(f"{k} {v:.2f}" for k, v in r["trials"].items())]
     return "\n".join(lines)
