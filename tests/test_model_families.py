@@ -9,13 +9,16 @@ from safetensors.torch import load_file
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
 from tests.test_stable_diffusion import save_tiny_assets, sd_overrides
-from tests.tiny_sd import save_tiny_flux, save_tiny_qwen_image, save_tiny_sd, save_tiny_sd3, save_tiny_sdxl, save_tiny_wan
+from tests.tiny_sd import (save_tiny_flux, save_tiny_flux2_klein, save_tiny_qwen_image, save_tiny_sd, save_tiny_sd3,
+                           save_tiny_sdxl, save_tiny_wan)
 
 FAMILIES = {  # model config -> (tiny pipeline saver, overrides it needs)
     "stable_diffusion": (save_tiny_sd, []),
     "sd3": (save_tiny_sd3, ["model.max_sequence_length=8"]),
     "sdxl": (save_tiny_sdxl, []),
     "flux_dev": (save_tiny_flux, ["model.max_sequence_length=8"]),
+    "flux2_klein_4b": (save_tiny_flux2_klein, ["model.max_sequence_length=16", "model.text_encoder_out_layers=[1,2,3]",
+                                               "policy.latent_size=4"]),
     "qwen_image": (save_tiny_qwen_image, ["model.max_sequence_length=16", "policy.latent_size=8"]),
     "wan21_t2v_1_3b": (save_tiny_wan, ["model.num_frames=5", "model.height=32", "model.width=32",
                                        "model.max_sequence_length=8"]),

@@ -48,7 +48,7 @@ def test_ppo_runs_and_its_lora_loads_into_a_plain_pipeline(assets, tmp_path):
 
 def assert_lora_changes_the_pipeline(pipe, lora_dir, shape, **call) -> None:
     """`pipe.load_lora_weights(lora_dir)` (the manual's one-liner, docs/models.md) changes what `pipe` draws."""
-    draw = lambda: pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
+    draw = lambda: pipe(prompt="a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
                         **call).images
     base = draw()
     pipe.load_lora_weights(lora_dir)

@@ -223,3 +223,33 @@ def save_tiny_wan(path: Path) -> Path:
     WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
                 scheduler=scheduler).save_pretrained(path)
     return path
+
+
+def save_tiny_flux2_klein(path: Path, is_distilled: bool = False) -> Path:
+    """A Flux2KleinPipeline directory: a 3-layer Qwen3 (hidden 16) with Qwen's chat template, a
+    1+1-block FLUX.2 transformer (in 16 = 4 x 4 patchified channels), a FLUX.2 VAE with its
+    batch-norm statistics set away from 0 and 1 (so that decoding is tested to use them)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=3,
+                                                num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                                max_position_embeddings=64))
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False)
+    vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, latent_channels=4,
+                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                             block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+                             use_quant_conv=False, use_post_quant_conv=False)
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(torch.linspace(-0.5, 0.5, vae.bn.running_mean.numel()))
+        vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                       is_distilled=is_distilled).save_pretrained(path)
+    return path

@@ -44,6 +44,7 @@ FAMILY_CHOICES = {
     "StableDiffusionXLPipeline": "model=sdxl",
     "QwenImagePipeline": "model=qwen_image",
     "WanPipeline": "model=wan21_t2v_1_3b (or wan)",
+    "Flux2KleinPipeline": "model=flux2_klein_4b",
 }
 
 
