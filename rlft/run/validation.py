@@ -171,8 +171,8 @@ def validate(cfg: DictConfig) -> None:
             family = cfg.model.get("family", "ddim")
             _check(family == "flow", "algorithm", a.name,
                    f"DiffusionNFT trains rectified-flow models (model.family=flow) on their forward process, and "
-                   f"model={cfg.model.name} is a {family} model: use model=digits_flow (or sd3, sd35_medium, "
-                   f"sd35_large, flux_dev, flux_schnell), or algorithm=ppo, grpo, ddpo_sf, rwr or seiko on this model")
+                   f"model={cfg.model.name} is a {family} model: use model=digits_flow (or another flow "
+                   f"model: sd3, sd35_*, flux_*, flux2_klein_4b, qwen_image, wan*), or algorithm=ppo, grpo, ddpo_sf, rwr or seiko on this model")
             _check(p.guidance_scale == 1, "policy.guidance_scale", p.guidance_scale,
                    "must be 1 for algorithm=nft: DiffusionNFT is CFG-free, it trains and samples the conditional velocity")
             _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0 (the public code's default is 1)")
