@@ -13,7 +13,8 @@ from rlft.models.flux import load_flux
 from rlft.models.sd3 import load_sd3
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import assert_lora_changes_the_pipeline, save_tiny_assets, sd_overrides
+from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_lora_changes_the_pipeline,
+                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_flux
 
 
@@ -61,21 +62,14 @@ def test_policy_on_flux_recomputes_its_stored_log_probs_and_trains_only_lora(ass
     trainable = [n for n, p in policy.denoiser.named_parameters() if p.requires_grad]
     assert trainable and all("lora" in n for n in trainable)
     assert any("single_transformer_blocks" in n for n in trainable)  # the single-stream blocks' attention too
-    with torch.no_grad():
-        for p in policy.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
     traj = policy.sample(["a cat", "a dog"], generator=torch.Generator().manual_seed(0))
     assert traj.images.shape == (2, 3, 32, 32) and traj.log_probs.shape == (2, 3)
-    for j in range(3):
-        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
-        assert torch.equal(recomputed, traj.log_probs[:, j])
+    assert_stored_log_probs_recompute(policy, ["a cat", "a dog"])
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_a_run_on_flux_dev_learns_and_its_lora_loads_into_a_plain_flux_pipeline(assets, tmp_path, algorithm):
     from diffusers import FluxPipeline
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file
 
     run = tmp_path / "run"
     group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
@@ -91,10 +85,7 @@ def test_a_run_on_flux_dev_learns_and_its_lora_loads_into_a_plain_flux_pipeline(
 
     pipe = FluxPipeline.from_pretrained(assets["flux"])
     assert_lora_changes_the_pipeline(pipe, run / "lora", (1, 3, 32, 32), height=32, width=32, max_sequence_length=8)
-    saved = {k.split(".lora")[0] for k in load_file(run / "lora" / "pytorch_lora_weights.safetensors")}
-    adapter = next(iter(pipe.transformer.peft_config))
-    loaded = {k.split(".lora")[0] for k in get_peft_model_state_dict(pipe.transformer, adapter_name=adapter)}
-    assert saved and loaded == {k.removeprefix("transformer.") for k in saved}  # every saved layer is loaded
+    assert_every_saved_layer_loads(pipe.transformer, run / "lora", "transformer.")
 
 
 def test_flux_schnell_has_no_guidance_embedding(assets, tmp_path):

@@ -13,7 +13,8 @@ from rlft.diffusion.policy import DiffusionPolicy
 from rlft.models.flux2 import load_flux2_klein
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import assert_lora_changes_the_pipeline, save_tiny_assets, sd_overrides
+from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_lora_changes_the_pipeline,
+                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_flux2_klein
 
 TINY = {"max_sequence_length": 16, "text_encoder_out_layers": (1, 2, 3)}
@@ -65,13 +66,7 @@ def test_decoding_un_normalises_by_the_vaes_batch_norm_statistics(assets):
 def test_stored_log_probs_recompute_exactly(assets):
     policy = DiffusionPolicy(**load_flux2_klein(str(assets["klein"]), dtype="float32", **TINY), num_steps=3,
                              guidance_scale=2.0, latent_size=4)
-    with torch.no_grad():
-        for p in policy.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    traj = policy.sample(["a cat", "a dog"], generator=torch.Generator().manual_seed(0))
-    for j in range(3):
-        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
-        assert torch.equal(recomputed, traj.log_probs[:, j])
+    assert_stored_log_probs_recompute(policy, ["a cat", "a dog"])
 
 
 def test_a_distilled_checkpoint_samples_one_branch(tmp_path):
@@ -85,8 +80,6 @@ def test_a_distilled_checkpoint_samples_one_branch(tmp_path):
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_a_run_on_flux2_klein_and_its_lora_in_a_plain_pipeline(assets, tmp_path, algorithm):
     from diffusers import Flux2KleinPipeline
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file
 
     run = tmp_path / "run"
     group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
@@ -99,7 +92,4 @@ def test_a_run_on_flux2_klein_and_its_lora_in_a_plain_pipeline(assets, tmp_path,
     assert all(abs(v) < 1e-6 for _, v in scalars["train/approx_kl_first_update"])
     pipe = Flux2KleinPipeline.from_pretrained(assets["klein"])
     assert_lora_changes_the_pipeline(pipe, run / "lora", (1, 3, 16, 16), height=16, width=16, guidance_scale=1.0, **TINY)
-    saved = {k.split(".lora")[0] for k in load_file(run / "lora" / "pytorch_lora_weights.safetensors")}
-    adapter = next(iter(pipe.transformer.peft_config))
-    loaded = {k.split(".lora")[0] for k in get_peft_model_state_dict(pipe.transformer, adapter_name=adapter)}
-    assert saved and loaded == {k.removeprefix("transformer.") for k in saved}
+    assert_every_saved_layer_loads(pipe.transformer, run / "lora", "transformer.")

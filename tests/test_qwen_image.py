@@ -12,7 +12,8 @@ from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds
 from rlft.models.qwen_image import load_qwen_image
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import assert_lora_changes_the_pipeline, save_tiny_assets, sd_overrides
+from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_lora_changes_the_pipeline,
+                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_qwen_image
 
 
@@ -79,21 +80,14 @@ def test_policy_on_qwen_image_recomputes_its_stored_log_probs(assets):
     policy = DiffusionPolicy(**components(assets), num_steps=3, guidance_scale=2.0, latent_size=8,
                              lora_target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
                                                   "add_v_proj", "to_add_out"])
-    with torch.no_grad():
-        for p in policy.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
     traj = policy.sample(["a cat", "a dog a fox"], generator=torch.Generator().manual_seed(0))
     assert traj.images.shape == (2, 3, 32, 32) and traj.log_probs.shape == (2, 3)
-    for j in range(3):
-        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
-        assert torch.equal(recomputed, traj.log_probs[:, j])
+    assert_stored_log_probs_recompute(policy, ["a cat", "a dog a fox"])
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_a_run_on_qwen_image_and_its_lora_in_a_plain_pipeline(assets, tmp_path, algorithm):
     from diffusers import QwenImagePipeline
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file
 
     run = tmp_path / "run"
     group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
@@ -108,7 +102,4 @@ def test_a_run_on_qwen_image_and_its_lora_in_a_plain_pipeline(assets, tmp_path, 
     pipe = QwenImagePipeline.from_pretrained(assets["qwen"])
     assert_lora_changes_the_pipeline(pipe, run / "lora", (1, 3, 32, 32), height=32, width=32, max_sequence_length=16,
                                      negative_prompt="", true_cfg_scale=4.0)
-    saved = {k.split(".lora")[0] for k in load_file(run / "lora" / "pytorch_lora_weights.safetensors")}
-    adapter = next(iter(pipe.transformer.peft_config))
-    loaded = {k.split(".lora")[0] for k in get_peft_model_state_dict(pipe.transformer, adapter_name=adapter)}
-    assert saved and loaded == {k.removeprefix("transformer.") for k in saved}
+    assert_every_saved_layer_loads(pipe.transformer, run / "lora", "transformer.")

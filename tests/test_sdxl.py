@@ -13,7 +13,8 @@ from rlft.models.sdxl import load_sdxl
 from rlft.models.stable_diffusion import load_stable_diffusion
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import assert_lora_changes_the_pipeline, save_tiny_assets, sd_overrides
+from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_lora_changes_the_pipeline,
+                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_sdxl
 
 
@@ -49,21 +50,14 @@ def test_the_policys_deterministic_chain_is_the_pipelines_ddim_loop(assets):
 def test_policy_on_sdxl_recomputes_its_stored_log_probs(assets):
     policy = DiffusionPolicy(**load_sdxl(str(assets["sdxl"]), dtype="float32"), num_steps=3, guidance_scale=2.0)
     assert policy.family == "ddim"
-    with torch.no_grad():
-        for p in policy.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
     traj = policy.sample(["a cat", "a dog"], generator=torch.Generator().manual_seed(0))
     assert traj.images.shape == (2, 3, 32, 32) and traj.log_probs.shape == (2, 3)
-    for j in range(3):
-        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
-        assert torch.equal(recomputed, traj.log_probs[:, j])
+    assert_stored_log_probs_recompute(policy, ["a cat", "a dog"])
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_a_run_on_sdxl_and_its_lora_in_a_plain_sdxl_pipeline(assets, tmp_path, algorithm):
     from diffusers import StableDiffusionXLPipeline
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file
 
     run = tmp_path / "run"
     group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
@@ -76,10 +70,7 @@ def test_a_run_on_sdxl_and_its_lora_in_a_plain_sdxl_pipeline(assets, tmp_path, a
 
     pipe = StableDiffusionXLPipeline.from_pretrained(assets["sdxl"])
     assert_lora_changes_the_pipeline(pipe, run / "lora", (1, 3, 32, 32), height=32, width=32)
-    saved = {k.split(".lora")[0] for k in load_file(run / "lora" / "pytorch_lora_weights.safetensors")}
-    adapter = next(iter(pipe.unet.peft_config))
-    loaded = {k.split(".lora")[0] for k in get_peft_model_state_dict(pipe.unet, adapter_name=adapter)}
-    assert saved and {k.removeprefix("unet.") for k in saved} == loaded  # every saved layer is loaded
+    assert_every_saved_layer_loads(pipe.unet, run / "lora", "unet.")
 
 
 def test_a_pipeline_of_another_family_is_refused(assets):

@@ -110,3 +110,30 @@ def test_the_reward_its_evaluation_copy_and_the_ensemble_backbone_share_one_clip
     assert len(clips) == 1
     other_dtype = ClipImageFeatures(str(assets["clip"]), "bfloat16")
     assert id(other_dtype.clip) not in clips  # another dtype is another model
+
+
+def saved_layers_of(lora_dir) -> set[str]:
+    from safetensors.torch import load_file
+
+    return {k.split(".lora")[0] for k in load_file(lora_dir / "pytorch_lora_weights.safetensors")}
+
+
+def assert_every_saved_layer_loads(denoiser, lora_dir, prefix: str) -> None:
+    """Each layer of the exported LoRA is adapted in the pipeline's `denoiser` after `load_lora_weights`."""
+    from peft.utils import get_peft_model_state_dict
+
+    saved = saved_layers_of(lora_dir)
+    adapter = next(iter(denoiser.peft_config))
+    loaded = {k.split(".lora")[0] for k in get_peft_model_state_dict(denoiser, adapter_name=adapter)}
+    assert saved and loaded == {k.removeprefix(prefix) for k in saved}
+
+
+def assert_stored_log_probs_recompute(policy, prompts: list[str]) -> None:
+    """With the LoRA moved off zero, each stored transition's log-probability recomputes bit for bit."""
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    traj = policy.sample(prompts, generator=torch.Generator().manual_seed(0))
+    for j in range(traj.log_probs.shape[1]):
+        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
+        assert torch.equal(recomputed, traj.log_probs[:, j])

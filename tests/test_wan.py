@@ -14,7 +14,8 @@ from rlft.models.wan import load_wan
 from rlft.rewards import frames
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import assert_lora_changes_the_pipeline, save_tiny_assets, sd_overrides
+from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_stored_log_probs_recompute, save_tiny_assets,
+                                         sd_overrides)
 from tests.tiny_sd import save_tiny_wan
 
 TINY_VIDEO = {"num_frames": 5, "height": 32, "width": 32, "max_sequence_length": 8}
@@ -53,15 +54,10 @@ def test_the_policys_ode_chain_is_wanpipelines_loop_on_the_same_schedule(assets)
 def test_video_trajectories_recompute_their_log_probs_and_decode_to_frames(assets):
     policy = DiffusionPolicy(**load_wan(str(assets["wan"]), dtype="float32", **TINY_VIDEO), num_steps=3,
                              guidance_scale=2.0)
-    with torch.no_grad():
-        for p in policy.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
     traj = policy.sample(["a cat", "a dog"], generator=torch.Generator().manual_seed(0))
     assert traj.latents.shape == (2, 3, 16, 2, 4, 4) and traj.images.shape == (2, 5, 3, 32, 32)
     assert 0 <= traj.images.min() and traj.images.max() <= 1
-    for j in range(3):
-        recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
-        assert torch.equal(recomputed, traj.log_probs[:, j])
+    assert_stored_log_probs_recompute(policy, ["a cat", "a dog"])
 
 
 def test_an_image_reward_scores_every_frame_and_averages():
@@ -98,13 +94,7 @@ def test_a_run_on_wan_logs_videos_and_its_lora_loads_into_a_plain_wan_pipeline(a
     pipe = WanPipeline.from_pretrained(assets["wan"])
     draw = dict(height=32, width=32, num_frames=5, max_sequence_length=8)
     pipe.load_lora_weights(run / "lora")
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    saved = {k.split(".lora")[0] for k in load_file(run / "lora" / "pytorch_lora_weights.safetensors")}
-    adapter = next(iter(pipe.transformer.peft_config))
-    loaded = {k.split(".lora")[0] for k in get_peft_model_state_dict(pipe.transformer, adapter_name=adapter)}
-    assert saved and loaded == {k.removeprefix("transformer.") for k in saved}  # every saved layer is loaded
+    assert_every_saved_layer_loads(pipe.transformer, run / "lora", "transformer.")
     tuned = pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt", **draw).frames
     pipe.unload_lora_weights()
     base = pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt", **draw).frames

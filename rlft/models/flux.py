@@ -25,9 +25,8 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, save_transformer_lora, vae_decode
+from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora, vae_decode
 from rlft.models.fingerprint import base_fingerprint
-from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -108,21 +107,10 @@ def load_flux(
     """-> the components `DiffusionPolicy` takes: denoiser (the FLUX transformer), scheduler
     (flow matching with dynamic shift, from the pipeline's config), model (`FluxModel`: CLIP-L,
     T5-XXL, the VAE), base (its fingerprint)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
-    local = Path(pretrained)
-    if local.exists() or pretrained.startswith((".", "/")):
-        check_pipeline_class(local, "FluxPipeline", "model=flux_dev (or flux_schnell)")
-        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a FLUX.1 pipeline directory: missing {missing} "
-                f"(expected {list(COMPONENTS)}, as FluxPipeline.save_pretrained writes)"
-            )
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = check_pipeline(pretrained, dtype, "FluxPipeline", "model=flux_dev (or flux_schnell)", COMPONENTS, "FLUX.1")
     common = {"revision": revision}
     weights = {"variant": variant, **common}
-    try:
+    with loading("FLUX.1", pretrained, revision, variant):
         transformer = FluxTransformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
         vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
         text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
@@ -130,9 +118,6 @@ def load_flux(
         tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
         tokenizer_2 = T5TokenizerFast.from_pretrained(pretrained, subfolder="tokenizer_2", **common)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load FLUX.1 from model.pretrained={pretrained!r} "
-                      f"(revision={revision}, variant={variant}): {error}") from error
     if gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     for encoder in (text_encoder, text_encoder_2):

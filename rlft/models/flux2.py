@@ -24,9 +24,8 @@ from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, save_transformer_lora
+from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora
 from rlft.models.fingerprint import base_fingerprint
-from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -93,30 +92,16 @@ def load_flux2_klein(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the FLUX.2 transformer), scheduler,
     model (`Flux2KleinModel`: Qwen3, the VAE), base (its fingerprint)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
-    local = Path(pretrained)
-    if local.exists() or pretrained.startswith((".", "/")):
-        check_pipeline_class(local, "Flux2KleinPipeline", "model=flux2_klein_4b")
-        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a FLUX.2 klein pipeline directory: missing {missing} "
-                f"(expected {list(COMPONENTS)}, as Flux2KleinPipeline.save_pretrained writes)"
-            )
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = check_pipeline(pretrained, dtype, "Flux2KleinPipeline", "model=flux2_klein_4b", COMPONENTS, "FLUX.2 klein")
     common = {"revision": revision}
     weights = {"variant": variant, **common}
-    try:
+    with loading("FLUX.2 klein", pretrained, revision, variant):
         transformer = Flux2Transformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
         vae = AutoencoderKLFlux2.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
         text_encoder = Qwen3ForCausalLM.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
         tokenizer = AutoTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
         pipeline_config = Flux2KleinPipeline.load_config(pretrained, **common)
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load FLUX.2 klein from model.pretrained={pretrained!r} "
-                      f"(revision={revision}, variant={variant}): {error}") from error
     if gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     model = Flux2KleinModel(text_encoder.requires_grad_(False).eval(), tokenizer, vae.requires_grad_(False).eval(),

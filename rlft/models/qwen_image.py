@@ -22,9 +22,8 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, save_transformer_lora
+from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora
 from rlft.models.fingerprint import base_fingerprint
-from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -122,30 +121,16 @@ def load_qwen_image(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the Qwen-Image transformer), scheduler,
     model (`QwenImageModel`: Qwen2.5-VL, the VAE), base (its fingerprint)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
-    local = Path(pretrained)
-    if local.exists() or pretrained.startswith((".", "/")):
-        check_pipeline_class(local, "QwenImagePipeline", "model=qwen_image")
-        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a Qwen-Image pipeline directory: missing {missing} "
-                f"(expected {list(COMPONENTS)}, as QwenImagePipeline.save_pretrained writes)"
-            )
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = check_pipeline(pretrained, dtype, "QwenImagePipeline", "model=qwen_image", COMPONENTS, "Qwen-Image")
     common = {"revision": revision}
     weights = {"variant": variant, **common}
-    try:
+    with loading("Qwen-Image", pretrained, revision, variant):
         transformer = QwenImageTransformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
         vae = AutoencoderKLQwenImage.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
         text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(pretrained, subfolder="text_encoder",
                                                                           dtype=torch_dtype, **weights)
         tokenizer = AutoTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load Qwen-Image from model.pretrained={pretrained!r} "
-                      f"(revision={revision}, variant={variant}): {error}") from error
     if gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     model = QwenImageModel(text_encoder.requires_grad_(False).eval(), tokenizer, vae.requires_grad_(False).eval(), scheduler,

@@ -8,17 +8,14 @@ parts are in the inference dtype; LoRA weights (added by `DiffusionPolicy` to th
 transformer's attention projections) are float32.
 """
 
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-from torch import nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, save_transformer_lora, vae_decode
+from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora, vae_decode
 from rlft.models.fingerprint import base_fingerprint
-from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 T5_COMPONENTS = ("text_encoder_3", "tokenizer_3")
@@ -80,23 +77,13 @@ def load_sd3(
     """-> the components `DiffusionPolicy` takes: denoiser (the SD3 transformer), scheduler
     (flow matching, from the pipeline's config), model (`SD3Model`: CLIP-L + CLIP-G (+ T5), the
     VAE), base (its fingerprint)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
-    local = Path(pretrained)
-    if local.exists() or pretrained.startswith((".", "/")):
-        check_pipeline_class(local, "StableDiffusion3Pipeline", "model=sd3 (or sd35_medium, sd35_large)")
-        needed = COMPONENTS + (T5_COMPONENTS if use_t5 else ())
-        missing = [c for c in needed if not (local / c).is_dir()]
-        if missing:
-            hint = " (or model.use_t5=false: SD3 runs without T5)" if set(missing) <= set(T5_COMPONENTS) else ""
-            raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a Stable Diffusion 3 pipeline directory: missing {missing}{hint} "
-                f"(expected {list(needed)}, as StableDiffusion3Pipeline.save_pretrained writes)"
-            )
-    torch_dtype = DTYPES[dtype]
+    needed = COMPONENTS + (T5_COMPONENTS if use_t5 else ())
+    no_t5 = lambda missing: " (or model.use_t5=false: SD3 runs without T5)" if set(missing) <= set(T5_COMPONENTS) else ""
+    torch_dtype = check_pipeline(pretrained, dtype, "StableDiffusion3Pipeline", "model=sd3 (or sd35_medium, sd35_large)",
+                                 needed, "Stable Diffusion 3", hint=no_t5)
     common = {"revision": revision}
     weights = {"variant": variant, **common}
-    try:
+    with loading("Stable Diffusion 3", pretrained, revision, variant):
         transformer = SD3Transformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
         vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
         encoders = {
@@ -108,9 +95,6 @@ def load_sd3(
             encoders["text_encoder_3"] = T5EncoderModel.from_pretrained(pretrained, subfolder="text_encoder_3", dtype=torch_dtype, **weights)
             tokenizers["tokenizer_3"] = T5TokenizerFast.from_pretrained(pretrained, subfolder="tokenizer_3", **common)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load Stable Diffusion 3 from model.pretrained={pretrained!r} "
-                      f"(revision={revision}, variant={variant}): {error}") from error
     if gradient_checkpointing:
         transformer.enable_gradient_checkpointing()  # recompute activations in backward: memory for time
     for encoder in encoders.values():

@@ -17,9 +17,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, U
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, save_unet_lora, unet_denoise, vae_decode
+from rlft.models.base import DiffusionModel, check_pipeline, loading, save_unet_lora, unet_denoise, vae_decode
 from rlft.models.fingerprint import base_fingerprint
-from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -70,21 +69,10 @@ def load_sdxl(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the
     pipeline's scheduler config, as DDPO), model (`SDXLModel`: both CLIPs, the VAE), base."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
-    local = Path(pretrained)
-    if local.exists() or pretrained.startswith((".", "/")):
-        check_pipeline_class(local, "StableDiffusionXLPipeline", "model=sdxl")
-        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a Stable Diffusion XL pipeline directory: missing {missing} "
-                f"(expected {list(COMPONENTS)}, as StableDiffusionXLPipeline.save_pretrained writes)"
-            )
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = check_pipeline(pretrained, dtype, "StableDiffusionXLPipeline", "model=sdxl", COMPONENTS, "Stable Diffusion XL")
     common = {"revision": revision}
     weights = {"variant": variant, **common}
-    try:
+    with loading("Stable Diffusion XL", pretrained, revision, variant):
         unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", torch_dtype=torch_dtype, **weights)
         vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
         text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
@@ -97,9 +85,6 @@ def load_sdxl(
         scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(pretrained, subfolder="scheduler", **common),
                                               set_alpha_to_one=False)
         pipeline_config = StableDiffusionXLPipeline.load_config(pretrained, **common)
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load Stable Diffusion XL from model.pretrained={pretrained!r} "
-                      f"(revision={revision}, variant={variant}): {error}") from error
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     for encoder in (text_encoder, text_encoder_2):

@@ -23,9 +23,8 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, save_transformer_lora
+from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora
 from rlft.models.fingerprint import base_fingerprint
-from rlft.models.stable_diffusion import DTYPES, check_pipeline_class
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -99,31 +98,17 @@ def load_wan(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the Wan transformer), scheduler (flow
     matching at the pipeline's flow shift, or `flow_shift`), model (`WanModel`), base."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
-    check_num_frames(num_frames)
-    local = Path(pretrained)
-    if local.exists() or pretrained.startswith((".", "/")):
-        check_pipeline_class(local, "WanPipeline", "model=wan21_t2v_1_3b")
-        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a Wan pipeline directory: missing {missing} "
-                f"(expected {list(COMPONENTS)}, as WanPipeline.save_pretrained writes)"
-            )
-    torch_dtype = DTYPES[dtype]
+    check_num_frames(num_frames)  # before anything is read
+    torch_dtype = check_pipeline(pretrained, dtype, "WanPipeline", "model=wan21_t2v_1_3b", COMPONENTS, "Wan")
     common = {"revision": revision}
     weights = {"variant": variant, **common}
-    try:
+    with loading("Wan", pretrained, revision, variant):
         transformer = WanTransformer3DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
         # The VAE in float32, as WanPipeline's examples load it (its 3D convolutions lose detail in 16 bits).
         vae = AutoencoderKLWan.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch.float32, **weights)
         text_encoder = UMT5EncoderModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
         tokenizer = AutoTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
         scheduler_config = FlowMatchEulerDiscreteScheduler.load_config(pretrained, subfolder="scheduler", **common)
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load Wan from model.pretrained={pretrained!r} "
-                      f"(revision={revision}, variant={variant}): {error}") from error
     shift = flow_shift if flow_shift is not None else scheduler_config.get("flow_shift", scheduler_config.get("shift", 3.0))
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000),
                                                 shift=shift)
