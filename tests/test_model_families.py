@@ -45,3 +45,28 @@ def test_a_resumed_run_equals_an_uninterrupted_one(model, tmp_path):
     tags = [t for t in ours if not t.startswith(("time/", "hp/"))]
     assert [s for s, _ in ours["reward/mean"]] == [0, 1]
     assert {t: ours[t] for t in tags} == {t: theirs[t] for t in tags}
+
+
+@pytest.mark.slow  # torch.compile's tracing takes ~40 s a family even with the eager backend; CI runs it (.ci/run)
+@pytest.mark.parametrize("model", ["sdxl", "flux_dev", "qwen_image", "wan21_t2v_1_3b", "flux2_klein_4b"])
+def test_policy_compile_runs_every_family_and_matches_eager(model, tmp_path):
+    """policy.compile (here the eager backend: the code path with its padding into one graph per
+    phase, not inductor's minutes) samples and recomputes log-probabilities as eager does."""
+    import torch
+    from hydra.utils import instantiate
+
+    from tests.test_config import compose_cfg
+
+    save, extra = FAMILIES[model]
+    assets = save_tiny_assets(tmp_path / "assets", {"pipeline": save})
+    cfg = compose_cfg([*sd_overrides(assets, model=model, pipeline="pipeline"), *extra, "policy.guidance_scale=2.0"])
+    eager = instantiate(cfg.policy, **instantiate(cfg.model.load), compile=False)
+    compiled = instantiate(cfg.policy, **instantiate(cfg.model.load), compile={"backend": "eager"})
+    compiled.load_state_dict(eager.state_dict())
+    noise = lambda: torch.Generator().manual_seed(0)
+    for n in (3, 2):  # the second, smaller batch runs padded in the first one's graph
+        a, b = eager.sample(["a cat"] * n, generator=noise()), compiled.sample(["a cat"] * n, generator=noise())
+        torch.testing.assert_close(b.log_probs, a.log_probs)
+        recomputed = compiled.log_prob(b.latents[:, 0], b.next_latents[:, 0], b.timesteps[:, 0], b.prompt_embeds)
+        torch.testing.assert_close(recomputed, b.log_probs[:, 0])
+    assert compiled.compiled_batches[False] == {3}
