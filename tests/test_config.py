@@ -24,6 +24,8 @@ REQUIRED = {  # options with a value only the user can give (`???`)
     "stable_diffusion": ["model.pretrained=/path/to/pipeline", "model.dtype=float32"],
     "sd15": ["model.dtype=float32"],  # float16 weights need a GPU
     "sd21": ["model.dtype=float32"],
+    "flux": ["model.pretrained=/path/to/pipeline"],
+    "wan": ["model.pretrained=/path/to/pipeline"],
     "aesthetic": ["reward.head_path=/path/to/head.pth"],
 }
 
@@ -50,6 +52,10 @@ def test_every_option_composes_resolves_and_validates(group, option, algorithm):
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves, as train() logs them all
     if group == "reward" and option == "ensemble" and algorithm == "seiko":
         with pytest.raises(ConfigError, match="reward=ensemble is a learned reward for the sampling-based algorithms"):
+            validate(cfg)
+        return
+    if chosen == "seiko" and "num_frames" in cfg.model:  # a video model: SEIKO's reward backpropagation is image-only
+        with pytest.raises(ConfigError, match="SEIKO backpropagates an image reward model through the sampler"):
             validate(cfg)
         return
     if chosen == "nft" and cfg.model.get("family", "ddim") != "flow":

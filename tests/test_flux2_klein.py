@@ -71,9 +71,11 @@ def test_stored_log_probs_recompute_exactly(assets):
 
 def test_a_distilled_checkpoint_samples_one_branch(tmp_path):
     distilled = save_tiny_flux2_klein(tmp_path / "distilled", is_distilled=True)
-    policy = DiffusionPolicy(**load_flux2_klein(str(distilled), dtype="float32", **TINY), num_steps=2,
-                             guidance_scale=4.0, latent_size=4)
-    assert not policy.batched_guidance  # as the pipeline, which ignores the scale of a distilled model
+    components = load_flux2_klein(str(distilled), dtype="float32", **TINY)
+    with pytest.raises(ValueError, match=r"policy.guidance_scale=4.0 is invalid: this model is step-distilled"):
+        DiffusionPolicy(**components, num_steps=2, guidance_scale=4.0, latent_size=4)  # the pipeline would ignore it
+    policy = DiffusionPolicy(**components, num_steps=2, guidance_scale=1.0, latent_size=4)
+    assert not policy.batched_guidance
     assert policy.sample(["a cat"]).images.shape == (1, 3, 16, 16)
 
 

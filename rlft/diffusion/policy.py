@@ -157,6 +157,9 @@ class DiffusionPolicy(nn.Module):
                                  "lora_target_modules": sorted(lora_target_modules) if lora_rank else None}
         self.scheduler = scheduler
         self.model = model.requires_grad_(False).eval()  # frozen: text encoders, VAE
+        if model.guidance == "none" and guidance_scale != 1:
+            raise ValueError(f"policy.guidance_scale={guidance_scale} is invalid: this model is step-distilled and takes "
+                             "no guidance (its pipeline ignores the scale): use 1")
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.reduction = reduction
