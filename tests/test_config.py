@@ -77,6 +77,11 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
 
         overrides += [f"reward.clip_path={save_tiny_clip(tmp_path / 'clip')}",
                       f"reward.head_path={save_tiny_aesthetic_head(tmp_path / 'head.pth')}"]
+    if option in ("pickscore", "clipscore"):  # a tiny CLIP with its processor, saved here
+        from tests.tiny_sd import save_tiny_clip
+
+        clip = save_tiny_clip(tmp_path / "clip")
+        overrides += [f"reward.model_path={clip}", f"reward.processor_path={clip}", "+reward.max_length=16"]
     reward = instantiate(compose_cfg(overrides).reward)
     images = torch.rand(3, 1, 16, 16)
     if option == "ensemble":  # a learned reward answers once fitted on its oracle's answers

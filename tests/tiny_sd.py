@@ -51,6 +51,7 @@ def save_tiny_clip(path: Path, projection_dim: int = 8) -> Path:
     )
     CLIPModel(config).save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)  # 74 tokens, as its text config: CLIPProcessor.from_pretrained(path) works
     return path
 
 

@@ -47,11 +47,12 @@ class ClipImageFeatures(nn.Module):
     CLIP's preprocessing (resize, centre crop, normalise) written in torch so that gradients
     flow to the images."""
 
-    def __init__(self, clip_path: str, dtype: str = "float32"):
+    def __init__(self, clip_path: str, dtype: str = "float32", processor_path: str | None = None):
         super().__init__()
         self.clip = shared_clip(clip_path, dtype)
-        # The processor's settings only (its own PIL pipeline is not differentiable).
-        processor, _ = ImageProcessingMixin.get_image_processor_dict(clip_path)
+        # The processor's settings only (its own PIL pipeline is not differentiable); `processor_path`
+        # when the model's directory has none (PickScore's processor is that of CLIP-ViT-H-14).
+        processor, _ = ImageProcessingMixin.get_image_processor_dict(processor_path or clip_path)
         size = processor["crop_size"]
         self.size = int(size if isinstance(size, int) else size["height"])
         self.register_buffer("mean", torch.tensor(processor["image_mean"]).view(1, -1, 1, 1), persistent=False)

@@ -1,0 +1,71 @@
+"""Rewards that compare an image with its prompt through a CLIP pair: PickScore and CLIPScore,
+computed as the public scorers compute them.
+
+    score = logit_scale.exp() * cos(image embedding, text embedding) / divisor
+
+- `reward=pickscore`: `yuvalkirstain/PickScore_v1` with the processor of
+  `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`, text padded and truncated to 77 tokens (flow_grpo's
+  `pickscore_scorer.py`, the PickScore repository's own example); flow_grpo trains on it
+  divided by 26 (`reward.divisor=26`), its tables report it undivided.
+- `reward=clipscore`: `openai/clip-vit-large-patch14` (logit_scale.exp() = 100), divided by 100
+  as flow_grpo's and DiffusionNFT's `clip_scorer.py` do (`logits_per_image.diagonal() / 100`):
+  the cosine similarity.
+
+By default the images go through the model's own image processor as 8-bit PIL images, as the
+public scorers receive them, so the numbers compare with the papers'. `differentiable=true`
+preprocesses in torch instead (resize, centre crop, normalise; `rlft.rewards.aesthetic`), so that
+gradients reach the images (SEIKO's reward backpropagation), at the price of resampling that
+differs slightly from PIL's.
+"""
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from transformers import AutoProcessor
+
+from rlft.rewards.aesthetic import ClipImageFeatures, shared_clip
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, C, H, W) in [0, 1] -> 8-bit RGB images, as a pipeline's output."""
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    if pixels.shape[1] == 1:
+        pixels = pixels.expand(-1, 3, -1, -1)
+    return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+
+
+class ClipSimilarity(nn.Module):
+    def __init__(self, model_path: str, processor_path: str | None = None, divisor: float = 1.0,
+                 differentiable: bool = False, dtype: str = "float32", max_length: int = 77):
+        super().__init__()
+        if divisor <= 0:
+            raise ValueError(f"reward.divisor={divisor} is invalid: must be > 0")
+        processor_path = processor_path or model_path
+        self.clip = shared_clip(model_path, dtype)
+        self.processor = AutoProcessor.from_pretrained(processor_path)
+        self.divisor, self.max_length, self.differentiable = divisor, max_length, differentiable
+        # The torch preprocessing reads the processor's settings; it shares this CLIP (shared_clip).
+        self.torch_features = ClipImageFeatures(model_path, dtype, processor_path=processor_path) if differentiable else None
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        if self.differentiable:
+            return self.torch_features.features(images)
+        inputs = self.processor(images=to_pil(images), return_tensors="pt")
+        features = self.clip.get_image_features(pixel_values=inputs["pixel_values"].to(self.clip.device, self.clip.dtype))
+        if not isinstance(features, torch.Tensor):
+            features = features.pooler_output
+        return F.normalize(features.float(), dim=-1)
+
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        inputs = self.processor(text=list(prompts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.clip.device)
+        features = self.clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        if not isinstance(features, torch.Tensor):
+            features = features.pooler_output
+        return F.normalize(features.float(), dim=-1)
+
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            cosine = (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(dim=-1)
+            return self.clip.logit_scale.exp().float() * cosine / self.divisor

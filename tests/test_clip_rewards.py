@@ -1,0 +1,73 @@
+"""PickScore and CLIPScore (rlft.rewards.clip_similarity) on a tiny CLIP the tests save: the
+score against CLIPModel's own forward on the processor's inputs (the public scorers' computation),
+the divisor, the differentiable variant, and a run through the CLI."""
+
+import math
+
+import pytest
+import torch
+from transformers import CLIPModel, CLIPProcessor
+
+from rlft.rewards.clip_similarity import ClipSimilarity, to_pil
+from rlft.tools.tensorboard import read_scalars
+from tests.test_config import compose_cfg
+from tests.test_end_to_end import run_rlft
+from tests.tiny_sd import save_tiny_clip
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+
+
+@pytest.mark.parametrize("divisor", [1.0, 26.0])
+def test_the_score_is_logits_per_image_of_the_processors_inputs(clip_dir, divisor):
+    images, prompts = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)), ["a cat", "a dog", "a fox"]
+    reward = ClipSimilarity(str(clip_dir), divisor=divisor, max_length=16)
+    model, processor = CLIPModel.from_pretrained(clip_dir), CLIPProcessor.from_pretrained(clip_dir)
+    pil = [img for img in to_pil(images)]
+    assert pil[0].mode == "RGB" and pil[0].size == (16, 16)
+    inputs = processor(text=prompts, images=pil, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**inputs).logits_per_image.diagonal() / divisor  # logit_scale.exp() * cos, per pair
+        ours = reward(images, prompts)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_differentiable_scores_pass_gradients_and_stay_close(clip_dir):
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    exact = ClipSimilarity(str(clip_dir), max_length=16)(images, ["a cat", "a dog"])
+    smooth = ClipSimilarity(str(clip_dir), differentiable=True, max_length=16)(images, ["a cat", "a dog"])
+    smooth.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    torch.testing.assert_close(smooth.detach(), exact, rtol=0, atol=0.05 * exact.abs().max().item())  # 8-bit rounding
+
+
+def test_a_non_positive_divisor_is_refused(clip_dir):
+    with pytest.raises(ValueError, match=r"reward.divisor=0 is invalid: must be > 0"):
+        ClipSimilarity(str(clip_dir), divisor=0)
+
+
+@pytest.mark.parametrize("option", ["pickscore", "clipscore"])
+def test_the_configs_compose_with_a_local_model(clip_dir, option):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg([f"reward={option}", f"reward.model_path={clip_dir}", f"reward.processor_path={clip_dir}",
+                       "+reward.max_length=16"])
+    reward = instantiate(cfg.reward)
+    assert reward(torch.rand(2, 3, 16, 16), ["a cat", "a dog"]).shape == (2,)
+
+
+def test_grpo_runs_on_pickscore_through_the_cli(clip_dir, tmp_path):
+    from tests.test_stable_diffusion import save_tiny_assets, sd_overrides
+    from tests.tiny_sd import save_tiny_sd3
+
+    assets = save_tiny_assets(tmp_path / "assets", {"sd3": save_tiny_sd3})
+    run = tmp_path / "run"
+    overrides = [a for a in sd_overrides(assets, model="sd3", pipeline="sd3") if not a.startswith("reward")]
+    run_rlft(*overrides, "model.max_sequence_length=8", "reward=pickscore", f"reward.model_path={clip_dir}",
+             f"reward.processor_path={clip_dir}", "+reward.max_length=16", "reward.divisor=26", "algorithm=grpo",
+             "algorithm.group_size=2", "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2",
+             f"hydra.run.dir={run}", cwd=tmp_path)
+    scalars = read_scalars(run)
+    assert all(math.isfinite(v) for _, v in scalars["reward/mean"] + scalars["eval/oracle_reward"])
