@@ -23,6 +23,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from peft.utils import get_peft_model_state_dict
 from torch import nn
@@ -80,6 +81,38 @@ class DiffusionModel(nn.Module):
 
     def save_lora(self, denoiser: nn.Module, dirpath: str | Path) -> None:
         raise NotImplementedError
+
+
+class PackedLatentsModel(DiffusionModel):
+    """What FLUX.1 and Qwen-Image share: their transformers take 2x2 patches of the latents as a
+    sequence (so a latent side must be even), and their schedules shift by FluxPipeline's `mu`,
+    linear in that sequence's length between the scheduler config's base and max shifts. A
+    subclass sets `scheduler_config` (its scheduler's config) and `title` (for the message)."""
+
+    title = "this model"
+    scheduler_config: dict
+
+    def latent_shape(self, denoiser, batch: int, latent_size: int) -> tuple[int, ...]:
+        if latent_size % 2:
+            raise ValueError(f"policy.latent_size={latent_size} is invalid: {self.title} packs 2x2 latent patches, so "
+                             "it must be even")
+        return (batch, denoiser.config.in_channels // 4, latent_size, latent_size)
+
+    def timestep_schedule(self, num_steps: int, latent_shape: tuple[int, ...]) -> dict:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        config = self.scheduler_config
+        sequence_length = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
+        mu = calculate_shift(sequence_length, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps), "mu": mu}
+
+
+def guidance_input(guidance_embeds: bool, guidance_scale: float | None, batch: int, device) -> torch.Tensor | None:
+    """A guidance-distilled transformer's `guidance` input (the scale, per sample), else None."""
+    if not guidance_embeds:
+        return None
+    return torch.full((batch,), float(guidance_scale or 1.0), device=device, dtype=torch.float32)
 
 
 def unet_denoise(denoiser, latents, timesteps, embeds: PromptEmbeds, **added_cond) -> torch.Tensor:

@@ -18,22 +18,22 @@ What FLUX does its own way, all of it here (`FluxModel`):
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora, vae_decode
+from rlft.models.base import PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora, vae_decode
 from rlft.models.fingerprint import base_fingerprint
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
-class FluxModel(DiffusionModel):
+class FluxModel(PackedLatentsModel):
     """FLUX.1's ways (see the module's docstring). `guidance_embeds`: the transformer's config
     flag (dev: true; schnell: false), read once at load."""
+
+    title = "FLUX"
 
     def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae, scheduler, guidance_embeds: bool,
                  max_sequence_length: int = 512):
@@ -60,27 +60,12 @@ class FluxModel(DiffusionModel):
         """The VAE's image size over its downsampling: 1024 / 8 = 128 for FLUX.1 (FluxPipeline's default)."""
         return self.vae.config.sample_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def latent_shape(self, denoiser, batch: int, latent_size: int) -> tuple[int, ...]:
-        if latent_size % 2:
-            raise ValueError(f"policy.latent_size={latent_size} is invalid: FLUX packs 2x2 latent patches, so it "
-                             "must be even (an image side divisible by 16)")
-        return (batch, denoiser.config.in_channels // 4, latent_size, latent_size)
-
-    def timestep_schedule(self, num_steps: int, latent_shape: tuple[int, ...]) -> dict:
-        config = self.scheduler_config
-        sequence_length = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
-        mu = calculate_shift(sequence_length, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps), "mu": mu}
-
     def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
         batch, channels, height, width = latents.shape
         packed = FluxPipeline._pack_latents(latents, batch, channels, height, width)
         img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
         txt_ids = torch.zeros(embeds.tokens.shape[1], 3, device=latents.device, dtype=latents.dtype)
-        guidance = None
-        if self.guidance_embeds:
-            guidance = torch.full((batch,), float(guidance_scale or 1.0), device=latents.device, dtype=torch.float32)
+        guidance = guidance_input(self.guidance_embeds, guidance_scale, batch, latents.device)
         out = denoiser(hidden_states=packed, timestep=timesteps.to(latents.dtype) / 1000, guidance=guidance,
                        pooled_projections=embeds.pooled, encoder_hidden_states=embeds.tokens, txt_ids=txt_ids,
                        img_ids=img_ids, return_dict=False)[0]

@@ -15,14 +15,12 @@ What Qwen-Image does its own way, all of it here (`QwenImageModel`):
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
-from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora
+from rlft.models.base import PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora
 from rlft.models.fingerprint import base_fingerprint
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -39,7 +37,8 @@ def unpack(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return QwenImagePipeline._unpack_latents(packed, height, width, 1)[:, :, 0]
 
 
-class QwenImageModel(DiffusionModel):
+class QwenImageModel(PackedLatentsModel):
+    title = "Qwen-Image"
     text_encoders = ("text_encoder",)
 
     def __init__(self, text_encoder, tokenizer, vae, scheduler, guidance_embeds: bool = False,
@@ -66,24 +65,9 @@ class QwenImageModel(DiffusionModel):
     def default_latent_size(self, denoiser) -> int:
         return 1024 // self.vae_scale_factor  # 1024x1024 images, the pipeline's default
 
-    def latent_shape(self, denoiser, batch: int, latent_size: int) -> tuple[int, ...]:
-        if latent_size % 2:
-            raise ValueError(f"policy.latent_size={latent_size} is invalid: Qwen-Image packs 2x2 latent patches, so "
-                             "it must be even")
-        return (batch, denoiser.config.in_channels // 4, latent_size, latent_size)
-
-    def timestep_schedule(self, num_steps: int, latent_shape: tuple[int, ...]) -> dict:
-        config = self.scheduler_config
-        sequence_length = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
-        mu = calculate_shift(sequence_length, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps), "mu": mu}
-
     def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
         batch, _, height, width = latents.shape
-        guidance = None
-        if self.guidance_embeds:
-            guidance = torch.full((batch,), float(guidance_scale or 1.0), device=latents.device, dtype=torch.float32)
+        guidance = guidance_input(self.guidance_embeds, guidance_scale, batch, latents.device)
         out = denoiser(hidden_states=pack(latents), timestep=timesteps.to(latents.dtype) / 1000, guidance=guidance,
                        encoder_hidden_states_mask=None if embeds.mask.all() else embeds.mask,  # as the pipeline passes it
                        encoder_hidden_states=embeds.tokens,
