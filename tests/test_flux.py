@@ -13,8 +13,9 @@ from rlft.models.flux import load_flux
 from rlft.models.sd3 import load_sd3
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_lora_changes_the_pipeline,
-                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
+from tests.test_stable_diffusion import (algorithm_run, assert_every_saved_layer_loads,
+                                         assert_lora_changes_the_pipeline, assert_stored_log_probs_recompute,
+                                         save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_flux
 
 
@@ -72,9 +73,7 @@ def test_a_run_on_flux_dev_learns_and_its_lora_loads_into_a_plain_flux_pipeline(
     from diffusers import FluxPipeline
 
     run = tmp_path / "run"
-    group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
-    run_rlft(*flux_overrides(assets), f"algorithm={algorithm}", *group, "algorithm.sample_batch_size=2",
-             "algorithm.train_batch_size=2", "algorithm.lr=0.05", "algorithm.clip_range=0.5", f"hydra.run.dir={run}",
+    run_rlft(*flux_overrides(assets), *algorithm_run(algorithm), f"hydra.run.dir={run}",
              cwd=tmp_path)
     scalars = read_scalars(run)
     assert all(math.isfinite(v) for _, v in scalars["train/loss"] + scalars["reward/mean"])

@@ -12,8 +12,9 @@ from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds
 from rlft.models.qwen_image import load_qwen_image
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_lora_changes_the_pipeline,
-                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
+from tests.test_stable_diffusion import (algorithm_run, assert_every_saved_layer_loads,
+                                         assert_lora_changes_the_pipeline, assert_stored_log_probs_recompute,
+                                         save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_qwen_image
 
 
@@ -90,10 +91,8 @@ def test_a_run_on_qwen_image_and_its_lora_in_a_plain_pipeline(assets, tmp_path, 
     from diffusers import QwenImagePipeline
 
     run = tmp_path / "run"
-    group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
     run_rlft(*sd_overrides(assets, model="qwen_image", pipeline="qwen"), "model.max_sequence_length=16",
-             "policy.latent_size=8", f"algorithm={algorithm}", *group, "algorithm.sample_batch_size=2",
-             "algorithm.train_batch_size=2", "algorithm.lr=0.05", "algorithm.clip_range=0.5", f"hydra.run.dir={run}",
+             "policy.latent_size=8", *algorithm_run(algorithm), f"hydra.run.dir={run}",
              cwd=tmp_path)
     scalars = read_scalars(run)
     assert all(math.isfinite(v) for _, v in scalars["train/loss"] + scalars["reward/mean"])

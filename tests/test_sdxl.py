@@ -13,8 +13,9 @@ from rlft.models.sdxl import load_sdxl
 from rlft.models.stable_diffusion import load_stable_diffusion
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_lora_changes_the_pipeline,
-                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
+from tests.test_stable_diffusion import (algorithm_run, assert_every_saved_layer_loads,
+                                         assert_lora_changes_the_pipeline, assert_stored_log_probs_recompute,
+                                         save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_sdxl
 
 
@@ -60,10 +61,8 @@ def test_a_run_on_sdxl_and_its_lora_in_a_plain_sdxl_pipeline(assets, tmp_path, a
     from diffusers import StableDiffusionXLPipeline
 
     run = tmp_path / "run"
-    group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
-    run_rlft(*sd_overrides(assets, model="sdxl", pipeline="sdxl"), f"algorithm={algorithm}", *group,
-             "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2", "algorithm.lr=0.05",
-             "algorithm.clip_range=0.5", f"hydra.run.dir={run}", cwd=tmp_path)
+    run_rlft(*sd_overrides(assets, model="sdxl", pipeline="sdxl"), *algorithm_run(algorithm), f"hydra.run.dir={run}",
+             cwd=tmp_path)
     scalars = read_scalars(run)
     assert all(math.isfinite(v) for _, v in scalars["train/loss"] + scalars["reward/mean"])
     assert all(abs(v) < 1e-6 for _, v in scalars["train/approx_kl_first_update"])

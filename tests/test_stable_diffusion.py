@@ -137,3 +137,10 @@ def assert_stored_log_probs_recompute(policy, prompts: list[str]) -> None:
     for j in range(traj.log_probs.shape[1]):
         recomputed = policy.log_prob(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
         assert torch.equal(recomputed, traj.log_probs[:, j])
+
+
+def algorithm_run(algorithm: str) -> list[str]:
+    """A one-epoch run of PPO or GRPO (groups of 2) on a tiny pipeline, with steps large enough to move."""
+    group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
+    return [f"algorithm={algorithm}", *group, "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2",
+            "algorithm.lr=0.05", "algorithm.clip_range=0.5"]

@@ -14,8 +14,8 @@ from rlft.models.wan import load_wan
 from rlft.rewards import frames
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft
-from tests.test_stable_diffusion import (assert_every_saved_layer_loads, assert_stored_log_probs_recompute, save_tiny_assets,
-                                         sd_overrides)
+from tests.test_stable_diffusion import (algorithm_run, assert_every_saved_layer_loads,
+                                         assert_stored_log_probs_recompute, save_tiny_assets, sd_overrides)
 from tests.tiny_sd import save_tiny_wan
 
 TINY_VIDEO = {"num_frames": 5, "height": 32, "width": 32, "max_sequence_length": 8}
@@ -80,9 +80,7 @@ def test_a_run_on_wan_logs_videos_and_its_lora_loads_into_a_plain_wan_pipeline(a
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    group = ["algorithm.group_size=2"] if algorithm == "grpo" else []
-    run_rlft(*wan_overrides(assets), f"algorithm={algorithm}", *group, "algorithm.sample_batch_size=2",
-             "algorithm.train_batch_size=2", "algorithm.lr=0.05", "algorithm.clip_range=0.5", f"hydra.run.dir={run}",
+    run_rlft(*wan_overrides(assets), *algorithm_run(algorithm), f"hydra.run.dir={run}",
              cwd=tmp_path)
     scalars = read_scalars(run)
     assert all(math.isfinite(v) for _, v in scalars["train/loss"] + scalars["reward/mean"] + scalars["eval/oracle_reward"])

@@ -140,6 +140,15 @@ def save_transformer_lora(denoiser: nn.Module, dirpath, loader) -> None:
     )
 
 
+def unnormalise_video_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, F, H, W) in the VAE's input scale: times its per-channel `latents_std`, plus
+    `latents_mean` (the video-style VAEs of Wan and Qwen-Image)."""
+    config = vae.config
+    mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, vae.dtype)
+    std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, vae.dtype)
+    return latents.to(vae.dtype) * std + mean
+
+
 def vae_decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [0, 1] through an `AutoencoderKL`: unscaled, unshifted (SD3's and
     FLUX's VAE have a shift as well as a scale; SD 1.x/2.x's shift is None)."""
@@ -177,7 +186,7 @@ def check_pipeline_class(path: Path, expected: str, choice: str) -> None:
 
 
 def check_pipeline(pretrained: str, dtype: str, pipeline_class: str, choice: str, components: tuple[str, ...],
-                   title: str, hint: str = "") -> torch.dtype:
+                   title: str, hint="") -> torch.dtype:
     """`model.dtype`, and for a local directory the pipeline class it holds and the component
     folders it must have, checked before anything loads; -> the torch dtype."""
     if dtype not in DTYPES:
@@ -187,8 +196,9 @@ def check_pipeline(pretrained: str, dtype: str, pipeline_class: str, choice: str
         check_pipeline_class(local, pipeline_class, choice)
         missing = [c for c in components if not (local / c).is_dir()]
         if missing:
+            extra = hint(missing) if callable(hint) else hint  # e.g. SD3: "(or model.use_t5=false ...)"
             raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a {title} pipeline directory: missing {missing}{hint(missing) if callable(hint) else hint} "
+                f"model.pretrained={pretrained!r} is not a {title} pipeline directory: missing {missing}{extra} "
                 f"(expected {list(components)}, as {pipeline_class}.save_pretrained writes)"
             )
     return DTYPES[dtype]

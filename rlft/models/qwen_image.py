@@ -20,7 +20,8 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora
+from rlft.models.base import (PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora,
+                              unnormalise_video_latents)
 from rlft.models.fingerprint import base_fingerprint
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -83,10 +84,7 @@ class QwenImageModel(PackedLatentsModel):
         return unpack(rescaled, height, width)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        config = self.vae.config
-        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, self.vae.dtype)
-        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, self.vae.dtype)
-        frames = latents[:, :, None].to(self.vae.dtype) * std + mean
+        frames = unnormalise_video_latents(self.vae, latents[:, :, None])  # a frame axis of 1
         return ((self.vae.decode(frames, return_dict=False)[0][:, :, 0].float() + 1) / 2).clamp(0, 1)
 
     def save_lora(self, denoiser, dirpath: str | Path) -> None:

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from rlft.diffusion.policy import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora
+from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora, unnormalise_video_latents
 from rlft.models.fingerprint import base_fingerprint
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -72,10 +72,7 @@ class WanModel(DiffusionModel):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, F', H', W') -> frames (B, F, 3, H, W) in [0, 1]."""
-        config = self.vae.config
-        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, self.vae.dtype)
-        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, self.vae.dtype)
-        video = self.vae.decode(latents.to(self.vae.dtype) * std + mean, return_dict=False)[0]  # (B, 3, F, H, W)
+        video = self.vae.decode(unnormalise_video_latents(self.vae, latents), return_dict=False)[0]  # (B, 3, F, H, W)
         return ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
     def save_lora(self, denoiser, dirpath: str | Path) -> None:
