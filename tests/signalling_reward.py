@@ -15,8 +15,8 @@ class SignallingReward(JpegCompressibility):
     arrives, before the reward has seen its images (SIGKILL: the process dies there)."""
 
     def __init__(self, log: str, at_call: int = 0, batch_size: int | None = None, signum: str = "SIGTERM",
-                 before: bool = False):
-        super().__init__()
+                 before: bool = False, quality: int = 95):
+        super().__init__(quality)
         self.log, self.at_call, self.batch_size, self.signum = log, at_call, batch_size, getattr(signal, signum)
         self.before = before
         self.calls = 0

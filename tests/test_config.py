@@ -27,6 +27,7 @@ REQUIRED = {  # options with a value only the user can give (`???`)
     "flux": ["model.pretrained=/path/to/pipeline"],
     "wan": ["model.pretrained=/path/to/pipeline"],
     "aesthetic": ["reward.head_path=/path/to/head.pth"],
+    "multi": ["reward.components={compressibility:1.0,digit_alignment:0.1}"],
 }
 
 
@@ -82,6 +83,7 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
 
         clip = save_tiny_clip(tmp_path / "clip")
         overrides += [f"reward.model_path={clip}", f"reward.processor_path={clip}", "+reward.max_length=16"]
+    overrides += REQUIRED.get(option, []) if option == "multi" else []
     reward = instantiate(compose_cfg(overrides).reward)
     images = torch.rand(3, 1, 16, 16)
     if option == "ensemble":  # a learned reward answers once fitted on its oracle's answers

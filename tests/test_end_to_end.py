@@ -28,10 +28,11 @@ REQUIRED_METRICS = [
 ]
 
 
-def run_rlft(*args: str, module: str = "rlft", cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+def run_rlft(*args: str, module: str = "rlft", cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
+    """`python -m rlft ARGS` in `cwd`; the tests' own rewards (tests.*) importable; exit code `expect`."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
 

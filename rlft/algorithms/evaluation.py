@@ -1,4 +1,5 @@
-"""Held-out evaluation shared by the algorithms: `eval/oracle_reward`."""
+"""Held-out evaluation shared by the algorithms: `eval/oracle_reward`, and `eval/<name>` for
+each component of reward=multi and each held-out reward (`evaluation.rewards`)."""
 
 from typing import Callable
 
@@ -9,6 +10,7 @@ from rlft.algorithms.scored_sampling import sample_and_score
 from rlft.run.answers import AnswerStore
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
+from rlft.rewards.multi import MultiReward
 from rlft.run.distributed import gather, rank_and_world, shard
 
 
@@ -36,10 +38,20 @@ class HeldOutEvaluation:
     Sample i's noise is the same in every evaluation (common random numbers, from `seed`
     and i): evaluations differ only through the policy, and training's random stream is
     untouched. Under DDP each rank evaluates its shard; the mean is over all samples.
+
+    `held_out`: rewards that are not trained on, scored on the same samples and logged as
+    `eval/<name>`: reward hacking shows as the trained reward rising while these fall.
     """
 
-    def __init__(self, reward_fn: Callable, samples_per_prompt: int = 4, seed: int = 2024, batch_size: int = 64):
+    def __init__(self, reward_fn: Callable, samples_per_prompt: int = 4, seed: int = 2024, batch_size: int = 64,
+                 held_out: dict[str, Callable] | None = None):
         self.reward_fn = reward_fn
+        self.multi = reward_fn if isinstance(reward_fn, MultiReward) else None
+        self.held_out = dict(held_out or {})
+        clash = sorted(set(self.held_out) & set(self.multi.names if self.multi else ()))
+        if clash:
+            raise ValueError(f"evaluation.rewards {clash} are trained on (components of reward=multi): a held-out "
+                             f"reward is one the policy does not see; each component is logged as eval/<name> already")
         self.samples_per_prompt = samples_per_prompt
         self.seed = seed
         self.batch_size = batch_size
@@ -48,8 +60,9 @@ class HeldOutEvaluation:
     @torch.no_grad()
     def __call__(self, policy: DiffusionPolicy, prompts: list[str], progress: bool = False, trainer: L.Trainer | None = None,
                  answers: AnswerStore | None = None, key: str = "eval"):
-        """-> (mean reward over all samples, and this rank's images, prompts, rewards).
-        `answers`/`key`: where the reward's answers are kept (a resumed run reads them back)."""
+        """-> ({eval/oracle_reward: the trained reward's mean over all samples, eval/<name>: each
+        component's and held-out reward's}, and this rank's images, prompts, trained rewards).
+        `answers`/`key`: where the rewards' answers are kept (a resumed run reads them back)."""
         rank, world = rank_and_world(trainer)
         everything = [p for p in prompts for _ in range(self.samples_per_prompt)]
         mine = shard(len(everything), rank, world)
@@ -58,11 +71,31 @@ class HeldOutEvaluation:
         before = policy.unet_evaluations
         answers = answers or AnswerStore()
         # Each chunk decoded and scored while the next samples: the pass costs its sampling, not more.
-        ask = lambda part, chunk: answers.ask(f"{key}/samples={mine.start + chunk.start}-{mine.start + chunk.stop}",
-                                              part.images, part.prompts, self.reward_fn)
-        trajectories, asked = sample_and_score(policy, prompts, self.batch_size, noise, ask, progress=progress, desc="evaluating")
+        trajectories, asked = sample_and_score(policy, prompts, self.batch_size, noise, lambda part, chunk: self.ask(
+            answers, f"{key}/samples={mine.start + chunk.start}-{mine.start + chunk.stop}", part.images, part.prompts),
+            progress=progress, desc="evaluating")
         self.unet_evaluations += policy.unet_evaluations - before
-        images, rewards = trajectories.images, torch.cat(asked)
-        every_reward = gather(rewards, world)
-        finite = every_reward[torch.isfinite(every_reward)]  # a NaN here is counted by nobody: measure what is there
-        return float(finite.mean()) if len(finite) else float("nan"), images, prompts, rewards
+        parts = torch.cat(asked)  # (B, K): the trained reward (or each component), then the held-out ones
+        k = len(self.multi.names) if self.multi else 1
+        trained = self.multi.combine_parts(parts[:, :k]) if self.multi else parts[:, 0]
+        names = [*(self.multi.names if self.multi else []), *self.held_out]
+        scored = parts if self.multi else parts[:, 1:]  # every column but the single trained reward's
+        every = gather(torch.cat([trained[:, None], scored], dim=1), world)
+        metrics = {f"eval/{name}": mean_of_finite(every[:, i]) for i, name in enumerate(["oracle_reward", *names])}
+        return metrics, trajectories.images, prompts, trained
+
+    def ask(self, answers: AnswerStore, key: str, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """-> (b, K): the trained reward (at `key`, or each component at `key/<name>`), then each held-out reward."""
+        if self.multi:
+            trained = answers.ask_each(key, images, prompts, self.multi.rewards)
+        else:
+            trained = answers.ask(key, images, prompts, self.reward_fn)[:, None]
+        if not self.held_out:
+            return trained
+        return torch.cat([trained, answers.ask_each(key, images, prompts, self.held_out)], dim=1)
+
+
+def mean_of_finite(values: torch.Tensor) -> float:
+    """A NaN here is counted by nobody: measure what is there (NaN when nothing is)."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")

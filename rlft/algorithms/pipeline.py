@@ -33,6 +33,7 @@ from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds, Trajectories
 from rlft.run.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
 from rlft.run.preemption import stop_if_requested
 from rlft.rewards.learned import LearnedReward
+from rlft.rewards.multi import MultiReward
 from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
 from rlft.run.validation import check_sharding
 from rlft.tools.visualize import sample_grid, video_summary
@@ -109,6 +110,12 @@ class OnlineRL(L.LightningModule):
         self.std_normalize = std_normalize
         tracked = per_prompt_stat_tracking and group_size == 1
         self.stat_tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if tracked else None
+        # reward=multi: rewards are (B, K) components, combined by their weights (combine=sum) or
+        # normalised each on its own, with a tracker each, into advantages (combine=advantages).
+        self.multi = reward_fn if isinstance(reward_fn, MultiReward) else None
+        per_component = self.multi is not None and self.multi.combine == "advantages"
+        self.component_trackers = ({n: PerPromptStatTracker(stat_buffer_size, stat_min_count) for n in self.multi.names}
+                                   if per_component and tracked else None)
         self.log_images_every_n_epochs = log_images_every_n_epochs
         self.evaluation = evaluation
         self.eval_every_n_epochs = eval_every_n_epochs
@@ -166,15 +173,25 @@ class OnlineRL(L.LightningModule):
         t0 = time.perf_counter()
         rank, world = rank_and_world(self.trainer)
         mine = shard(len(prompts), rank, world)
-        trajectories, local_rewards, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
-        rewards = gather(local_rewards, world)  # (B,) in global order
+        trajectories, local_parts, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
+        parts = gather(local_parts, world)  # (B, K) in global order: K = 1, or reward=multi's components
+        rewards, local_rewards = self.combined(parts), self.combined(local_parts)  # (B,), this rank's (b,)
         if self.learned is None:
             self.oracle_queries += len(rewards)
         t1 = time.perf_counter()
-        valid = torch.isfinite(rewards)
+        per_component = self.multi is not None and self.multi.combine == "advantages"
+        # A sample takes part in the update while one of its rewards is finite: under combine=sum
+        # its only reward is the sum; under combine=advantages each component counts on its own.
+        valid = torch.isfinite(parts).any(1) if per_component else torch.isfinite(rewards)
         bad = int((~valid).sum())
         self.health.count("nonfinite_rewards", bad)
         problems = []
+        for k, name in enumerate(self.multi.names if self.multi else ()):
+            if (~torch.isfinite(parts[:, k])).any():
+                n = int((~torch.isfinite(parts[:, k])).sum())
+                log.warning(f"epoch {self.current_epoch}: the reward component {name} returned {n}/{len(parts)} "
+                            f"non-finite values; " + ("those samples get no advantage from it" if per_component
+                                                     else "their weighted sum is not finite"))
         if bad:
             examples = [prompts[i] for i in (~valid).nonzero()[:3, 0]]
             message = f"the reward returned {bad}/{len(rewards)} non-finite values (prompts {examples})"
@@ -185,7 +202,7 @@ class OnlineRL(L.LightningModule):
         if problems:
             log.warning(f"epoch {self.current_epoch}: update skipped")
         elif valid.any():
-            advantages = self.advantages(prompts, rewards, valid)
+            advantages = self.advantages(prompts, parts if per_component else rewards, valid)
             train_stats = {"rollout/advantage_absmean": advantages[valid].abs().mean(),
                            **self.update(trajectories, advantages[mine.start : mine.stop].to(self.device))}
             if self.health.too_many(self.epoch_skipped_steps, self.epoch_steps):
@@ -201,6 +218,7 @@ class OnlineRL(L.LightningModule):
             "reward/std": finite.std(unbiased=False),
             "reward/min": finite.min(),
             "reward/max": finite.max(),
+            **self.component_metrics(parts),
             "rollout/log_prob_mean": gather(trajectories.log_probs.mean(1), world).mean(),
             "oracle/queries": float(self.oracle_queries),
             "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
@@ -218,10 +236,11 @@ class OnlineRL(L.LightningModule):
         ):
             show = self.progress and self.trainer.is_global_zero
             t_eval = time.perf_counter()
-            metrics["eval/oracle_reward"], images, eval_prompts, _ = self.evaluation(
+            eval_metrics, images, eval_prompts, _ = self.evaluation(
                 self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
                 self.answers, f"eval/epoch={self.current_epoch:05d}",
             )
+            metrics |= eval_metrics
             if self.learned is not None:  # what the policy optimises, on the same held-out samples
                 metrics["eval/proxy_reward"] = float(gather(self.learned(images, eval_prompts), world).mean())
                 metrics["eval/proxy_gap"] = metrics["eval/proxy_reward"] - metrics["eval/oracle_reward"]
@@ -239,7 +258,7 @@ class OnlineRL(L.LightningModule):
         reward), which hides the VAE and a slow reward (JPEG encoding, a remote service) behind
         denoiser compute. `indices`: the prompts' places in the epoch's global batch, which
         name each sample's noise.
-        -> (trajectories, rewards (B,) possibly non-finite, seconds spent in the reward)"""
+        -> (trajectories, rewards (B, K) possibly non-finite, seconds spent in the reward)"""
         noise = sample_generators(self.seed, "rollout", self.current_epoch, indices, self.device)
         traj, results = sample_and_score(
             self.policy, prompts, self.sample_batch_size, noise,
@@ -250,26 +269,60 @@ class OnlineRL(L.LightningModule):
 
     @torch.no_grad()
     def score(self, trajectories: Trajectories, indices: range) -> tuple[torch.Tensor, float]:
-        """Rewards (B,) of one chunk (`indices`: its samples' places in the epoch) and the
-        seconds the reward took; each answer is on disk before it is used. Non-finite values
-        are returned, not raised: `training_step` counts them and keeps them out of the update."""
+        """Rewards (B, K) of one chunk (`indices`: its samples' places in the epoch) and the
+        seconds the reward took; K = 1, or one column per component of reward=multi, each
+        component's answers stored on their own. Each answer is on disk before it is used.
+        Non-finite values are returned, not raised: `training_step` counts them and keeps
+        them out of the update."""
         t0 = time.perf_counter()
         key = f"rollout/epoch={self.current_epoch:05d}/samples={indices.start}-{indices.stop}"
-        rewards = self.answers.ask(key, trajectories.images, trajectories.prompts, self.reward_fn)
-        if rewards.shape != (len(trajectories),):
-            raise ValueError(f"the reward returned shape {tuple(rewards.shape)}; expected ({len(trajectories)},)")
+        images, prompts = trajectories.images, trajectories.prompts
+        if self.multi is not None:
+            rewards = self.answers.ask_each(key, images, prompts, self.multi.rewards)
+        else:
+            rewards = self.answers.ask(key, images, prompts, self.reward_fn)
+            if rewards.shape != (len(trajectories),):
+                raise ValueError(f"the reward returned shape {tuple(rewards.shape)}; expected ({len(trajectories)},)")
+            rewards = rewards[:, None]
         return rewards, time.perf_counter() - t0
+
+    def combined(self, parts: torch.Tensor) -> torch.Tensor:
+        """(B, K) rewards -> (B,) the reward trained on (reward=multi: the components' weighted sum)."""
+        return self.multi.combine_parts(parts) if self.multi is not None else parts[:, 0]
+
+    def component_metrics(self, parts: torch.Tensor) -> dict[str, float]:
+        """reward=multi: reward/<name>, each component's mean over its finite answers."""
+        out = {}
+        for k, name in enumerate(self.multi.names if self.multi is not None else ()):
+            finite = parts[:, k][torch.isfinite(parts[:, k])]
+            out[f"reward/{name}"] = float(finite.mean()) if len(finite) else float("nan")
+        return out
 
     def advantages(self, prompts: list[str], rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Advantages (B,) in [-adv_clip_max, adv_clip_max]; samples whose reward is not finite
-        get 0 (no gradient) and stay out of the statistics."""
+        get 0 (no gradient) and stay out of the statistics. `rewards` (B, K): reward=multi's
+        components under combine=advantages, each normalised over its own finite answers (with
+        a tracker of its own), then weighted and summed."""
+        if rewards.ndim == 2:
+            out = torch.zeros(len(rewards))
+            for k, name in enumerate(self.multi.names):
+                tracker = self.component_trackers[name] if self.component_trackers else None
+                out += self.multi.weights[k] * self.normalized(prompts, rewards[:, k], torch.isfinite(rewards[:, k]), tracker)
+        else:
+            out = self.normalized(prompts, rewards, valid, self.stat_tracker)
+        return out.clamp(-self.adv_clip_max, self.adv_clip_max)
+
+    def normalized(self, prompts: list[str], rewards: torch.Tensor, valid: torch.Tensor,
+                   tracker: PerPromptStatTracker | None) -> torch.Tensor:
+        """(B,) rewards -> standardised within their group (GRPO), by their prompt's running
+        statistics (DDPO) or by the batch's; 0 where not `valid`."""
         out = torch.zeros_like(rewards)
         if self.group_size > 1:
             out[valid] = group_normalized(rewards, valid, self.group_size, self.std_normalize)[valid]
-        else:
+        elif valid.any():
             kept = [p for p, ok in zip(prompts, valid.tolist()) if ok]
-            out[valid] = self.stat_tracker.update(kept, rewards[valid]) if self.stat_tracker else batch_normalized(rewards[valid])
-        return out.clamp(-self.adv_clip_max, self.adv_clip_max)
+            out[valid] = tracker.update(kept, rewards[valid]) if tracker else batch_normalized(rewards[valid])
+        return out
 
     def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The algorithm: a scalar loss with gradient, and detached statistics (logged as train/<name>)."""
@@ -358,6 +411,7 @@ class OnlineRL(L.LightningModule):
         keep_trained_state(self, checkpoint)
         checkpoint["rlft"] = {
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
+            "component_trackers": {n: t.state_dict() for n, t in (self.component_trackers or {}).items()},
             "oracle_queries": self.oracle_queries,
             "elapsed_s": self.elapsed_s,
             "work": work_state(self.policy, self.evaluation),
@@ -371,6 +425,8 @@ class OnlineRL(L.LightningModule):
         state = checkpoint.get("rlft", {})
         if self.stat_tracker and state.get("stat_tracker"):
             self.stat_tracker.load_state_dict(state["stat_tracker"])
+        for name, tracker_state in state.get("component_trackers", {}).items():
+            self.component_trackers[name].load_state_dict(tracker_state)
         self.oracle_queries = state.get("oracle_queries", 0)
         self.elapsed_s = state.get("elapsed_s", 0.0)
         load_work_state(self.policy, self.evaluation, state.get("work"))

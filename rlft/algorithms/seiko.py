@@ -231,7 +231,8 @@ class SEIKO(L.LightningModule):
         self.health.end_epoch(problems)  # raises when unhealthy epochs persist
         t1 = time.perf_counter()
         self.elapsed_s += t1 - t0
-        eval_reward = self.evaluate(self.current_epoch + 1)
+        eval_metrics = self.evaluate(self.current_epoch + 1)
+        eval_reward = eval_metrics["eval/oracle_reward"]
         stop_if_requested(self.trainer)
         per_rank = {f"train/{k}": finite_mean(v) for k, v in stats.items() if k != "disagreement"}
         per_rank |= {"ensemble/disagreement": finite_mean(stats["disagreement"]),
@@ -240,7 +241,7 @@ class SEIKO(L.LightningModule):
             **{k: float(v) for k, v in mean_over_ranks(per_rank, world).items()},
             "oracle/queries": float(self.oracle_queries),
             "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
-            "eval/oracle_reward": eval_reward,
+            **eval_metrics,
             **self.health.metrics(),
             **self.round_metrics,
         }
@@ -255,20 +256,21 @@ class SEIKO(L.LightningModule):
         self.log_samples()
 
     # -- evaluation on held-out prompts ------------------------------------------------
-    def evaluate(self, step: int) -> float:
-        """`step`: 0 for the base model, epoch + 1 after an epoch (the logged step)."""
+    def evaluate(self, step: int) -> dict[str, float]:
+        """`step`: 0 for the base model, epoch + 1 after an epoch (the logged step). -> eval/... metrics."""
         show = self.hparams.progress and self.trainer.is_global_zero
-        mean, self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards = self.evaluation(
+        metrics, self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards = self.evaluation(
             self.policy, self.trainer.datamodule.eval_prompts, progress=show, trainer=self.trainer,
             answers=self.answers, key=f"eval/step={step:05d}",
         )
-        return mean
+        return metrics
 
     def on_train_start(self) -> None:
         if self.current_epoch == 0 and self.base_eval is None:
-            self.base_eval = self.evaluate(0)
+            metrics = self.evaluate(0)
+            self.base_eval = metrics["eval/oracle_reward"]
             if self.logger:
-                self.logger.log_metrics({"eval/oracle_reward": self.base_eval, "oracle/queries": 0.0}, step=0)
+                self.logger.log_metrics({**metrics, "oracle/queries": 0.0}, step=0)
 
     def log_samples(self) -> None:
         every = self.hparams.log_images_every_n_epochs

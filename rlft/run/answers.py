@@ -59,6 +59,17 @@ class AnswerStore:
         atomic_save({"digest": name, "rewards": rewards, "prompts": list(prompts)}, path)
         return rewards
 
+    def ask_each(self, key: str, images: torch.Tensor, prompts: list[str], rewards: dict[str, Callable]) -> torch.Tensor:
+        """Several rewards about the same images (reward=multi's components, held-out rewards),
+        each asked and stored under `key/<name>` -> (B, K) in the order of `rewards`."""
+        answers = []
+        for name, fn in rewards.items():
+            answer = self.ask(f"{key}/{name}", images, prompts, fn)
+            if answer.shape != (len(prompts),):
+                raise ValueError(f"the reward {name} returned shape {tuple(answer.shape)}; expected ({len(prompts)},)")
+            answers.append(answer)
+        return torch.stack(answers, dim=1)
+
     @classmethod
     def beside_checkpoints(cls, trainer) -> "AnswerStore":
         last = last_checkpoint(trainer)

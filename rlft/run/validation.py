@@ -3,6 +3,7 @@ naming the setting, the value and what is valid."""
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
@@ -10,6 +11,8 @@ from omegaconf import DictConfig, ListConfig
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
+from rlft.rewards.multi import COMBINES, check_components, reward_options
+from rlft.run.config import CONFIG_DIR
 
 RWR_WEIGHTINGS = ("exp", "sparse")  # rlft.algorithms.rwr (named here, where the config is checked before import)
 
@@ -91,6 +94,43 @@ def check_sampler(cfg: DictConfig) -> None:
         raise ConfigError(str(error)) from None
 
 
+def check_rewards(cfg: DictConfig) -> None:
+    """reward=multi's components and the held-out rewards (evaluation.rewards): known names,
+    weights > 0, settings only for named rewards, nothing both trained on and held out."""
+    r = cfg.get("reward", {})
+    multi = r.get("_target_") == "rlft.rewards.multi.MultiReward"
+    trained = list(r.components) if multi else []
+    if multi:
+        try:
+            check_components(r.components, CONFIG_DIR)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        _check(r.combine in COMBINES, "reward.combine", r.combine, f"must be one of {list(COMBINES)}")
+        stray = sorted(set(r.get("settings") or {}) - set(trained))
+        _check(not stray, "reward.settings", stray, f"names rewards that are no component; the components: {trained}")
+        _check(not (cfg.algorithm.name == "seiko" and r.combine == "advantages"), "reward.combine", r.combine,
+               "with algorithm=seiko: SEIKO fits one reward model to the oracle's answers, so it needs one reward per "
+               "sample; use reward.combine=sum")
+    # Rewards that check their settings when built and cost nothing to build (no weights, no network).
+    for where, node in [("reward", r), *((f"reward.rewards.{n}", c) for n, c in (r.rewards.items() if multi else ()))]:
+        if node.get("_target_") == "rlft.rewards.vlm_judge.VlmJudge":
+            try:
+                instantiate(node)
+            except InstantiationException as error:  # Hydra's wrapper of the reward's own ValueError
+                cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
+                raise ConfigError(str(cause) if where == "reward" else f"{where}: {cause}") from None
+    e = cfg.get("evaluation", {})
+    held_out = list(e.get("rewards") or [])
+    options = [o for o in reward_options(CONFIG_DIR) if o not in ("multi", "ensemble")]
+    for name in held_out:
+        _check(name in options, "evaluation.rewards", held_out, f"{name!r} is no reward option; valid: {options}")
+        _check(name not in trained, "evaluation.rewards", held_out,
+               f"{name} is a component of reward=multi, trained on and logged as eval/{name} already; a held-out reward is one the policy does not see")
+    _check(len(set(held_out)) == len(held_out), "evaluation.rewards", held_out, "names a reward twice")
+    stray = sorted(set(e.get("settings") or {}) - set(held_out))
+    _check(not stray, "evaluation.settings", stray, f"names rewards that are not held out; evaluation.rewards: {held_out}")
+
+
 def validate(cfg: DictConfig) -> None:
     p = cfg.policy
     _check(p.num_steps >= 1, "policy.num_steps", p.num_steps, "must be an integer >= 1")
@@ -127,6 +167,7 @@ def validate(cfg: DictConfig) -> None:
            "must be last (resume this run directory if it has a checkpoint), null, or a .ckpt file")
 
     a = cfg.algorithm
+    check_rewards(cfg)
     if cfg.get("reward", {}).get("_target_") == "rlft.rewards.learned.LearnedReward":  # reward=ensemble
         r = cfg.reward
         _check(a.get("pipeline") == "online", "reward", "ensemble",
