@@ -1,5 +1,6 @@
 """`rlft` / `python -m rlft`: the Hydra app around `rlft.run.train.train`, and the tools around
-runs as subcommands (`rlft compare`, `rlft plot`, `rlft sample`, `rlft bench`, `rlft pretrain`)."""
+runs as subcommands (`rlft compare`, `rlft plot`, `rlft sample`, `rlft bench`, `rlft pretrain`,
+`rlft serve`)."""
 
 import importlib
 import logging
@@ -18,6 +19,7 @@ SUBCOMMANDS = {
     "sample": ("rlft.tools.sample", "hydra"),
     "bench": ("rlft.tools.bench", "hydra"),
     "pretrain": ("rlft.pretrain.__main__", "hydra"),
+    "serve": ("rlft.tools.serve", "hydra"),
 }
 
 

@@ -25,6 +25,7 @@ PRIMARY = {  # the configs an entry point composes, and the command that compose
     "sample.yaml": "rlft sample",
     "bench.yaml": "rlft bench",
     "pretraining.yaml": "rlft pretrain",
+    "serve.yaml": "rlft serve",
 }
 
 
