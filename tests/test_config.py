@@ -28,6 +28,8 @@ REQUIRED = {  # options with a value only the user can give (`???`)
     "wan": ["model.pretrained=/path/to/pipeline"],
     "aesthetic": ["reward.head_path=/path/to/head.pth"],
     "multi": ["reward.components={compressibility:1.0,digit_alignment:0.1}"],
+    "hpsv2": ["reward.model_path=/path/to/converted/hpsv2.1"],
+    "vlm_judge": ["reward.base_url=http://127.0.0.1:8000/v1"],  # composes and validates; nothing is asked
 }
 
 
@@ -78,18 +80,25 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
 
         overrides += [f"reward.clip_path={save_tiny_clip(tmp_path / 'clip')}",
                       f"reward.head_path={save_tiny_aesthetic_head(tmp_path / 'head.pth')}"]
-    if option in ("pickscore", "clipscore"):  # a tiny CLIP with its processor, saved here
+    if option in ("pickscore", "clipscore", "hpsv2"):  # a tiny CLIP with its processor, saved here
         from tests.tiny_sd import save_tiny_clip
 
         clip = save_tiny_clip(tmp_path / "clip")
         overrides += [f"reward.model_path={clip}", f"reward.processor_path={clip}", "+reward.max_length=16"]
+    if option == "vlm_judge":  # a local OpenAI-compatible server to answer it
+        from tests.test_vlm_judge import FakeJudge
+
+        overrides += [f"reward.base_url={FakeJudge().url}", "reward.image_size=16"]
     overrides += REQUIRED.get(option, []) if option == "multi" else []
     reward = instantiate(compose_cfg(overrides).reward)
     images = torch.rand(3, 1, 16, 16)
     if option == "ensemble":  # a learned reward answers once fitted on its oracle's answers
         prompts = ["a handwritten 1"] * 3
         reward.fit(0, reward.model.features(images), reward.oracle(images, prompts))
-    rewards = torch.as_tensor(reward(images, ["a handwritten 1", "a handwritten 2", "the number three"]))
+    prompts = ["a handwritten 1", "a handwritten 2", "the number three"]
+    if option == "vlm_judge":
+        prompts = ["a good 1", "a good 2", "a good 3"]  # FakeJudge's word for an answer with a score
+    rewards = torch.as_tensor(reward(images, prompts))
     assert rewards.shape == (3,) and torch.isfinite(rewards).all()
 
 

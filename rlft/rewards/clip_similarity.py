@@ -1,7 +1,7 @@
 """Rewards that compare an image with its prompt through a CLIP pair: PickScore and CLIPScore,
 computed as the public scorers compute them.
 
-    score = logit_scale.exp() * cos(image embedding, text embedding) / divisor
+    score = logit_scale.exp() * cos(image embedding, text embedding) / divisor    (HPSv2: cos / divisor)
 
 - `reward=pickscore`: `yuvalkirstain/PickScore_v1` with the processor of
   `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`, text padded and truncated to 77 tokens (flow_grpo's
@@ -10,6 +10,11 @@ computed as the public scorers compute them.
 - `reward=clipscore`: `openai/clip-vit-large-patch14` (logit_scale.exp() = 100), divided by 100
   as flow_grpo's and DiffusionNFT's `clip_scorer.py` do (`logits_per_image.diagonal() / 100`):
   the cosine similarity.
+- `reward=hpsv2`: HPSv2.1, an open_clip ViT-H-14 fine-tuned on human preferences, converted into
+  a CLIPModel (`python -m rlft.rewards.convert`); its score is the cosine alone
+  (`use_logit_scale=false`: flow_grpo's `hpsv2_scorer.py` takes `image_features @ text_features.T`
+  of the normalised features), through the processor of `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`,
+  whose resize, centre crop and normalisation are those of open_clip's validation transform.
 
 By default the images go through the model's own image processor as 8-bit PIL images, as the
 public scorers receive them, so the numbers compare with the papers'. `differentiable=true`
@@ -37,7 +42,8 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 class ClipSimilarity(nn.Module):
     def __init__(self, model_path: str, processor_path: str | None = None, divisor: float = 1.0,
-                 differentiable: bool = False, dtype: str = "float32", max_length: int = 77):
+                 differentiable: bool = False, dtype: str = "float32", max_length: int = 77,
+                 use_logit_scale: bool = True):
         super().__init__()
         if divisor <= 0:
             raise ValueError(f"reward.divisor={divisor} is invalid: must be > 0")
@@ -45,6 +51,7 @@ class ClipSimilarity(nn.Module):
         self.clip = shared_clip(model_path, dtype)
         self.processor = AutoProcessor.from_pretrained(processor_path)
         self.divisor, self.max_length, self.differentiable = divisor, max_length, differentiable
+        self.use_logit_scale = use_logit_scale
         # The torch preprocessing reads the processor's settings; it shares this CLIP (shared_clip).
         self.torch_features = ClipImageFeatures(model_path, dtype, processor_path=processor_path) if differentiable else None
 
@@ -68,4 +75,5 @@ class ClipSimilarity(nn.Module):
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             cosine = (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(dim=-1)
-            return self.clip.logit_scale.exp().float() * cosine / self.divisor
+            scale = self.clip.logit_scale.exp().float() if self.use_logit_scale else 1.0
+            return scale * cosine / self.divisor

@@ -1,0 +1,144 @@
+"""open_clip checkpoints into transformers' `CLIPModel`, so that rewards published as open_clip
+weights (HPSv2.1: a fine-tuned ViT-H-14) run without open_clip, timm or torchvision (which does
+not import beside rlft's CPU torch, and breaks transformers' and diffusers' imports when installed).
+
+    python -m rlft.rewards.convert open_clip HPS_v2.1_compressed.pt \\
+        --config laion/CLIP-ViT-H-14-laion2B-s32B-b79K --out hpsv2.1
+
+`--config` is a CLIPModel directory (or hub id) of the same architecture: its config, image
+processor and tokenizer are saved beside the converted weights, so `--out` is a complete CLIPModel
+directory (`reward=hpsv2 reward.model_path=hpsv2.1`).
+
+The key mapping (open_clip's `VisionTransformer`/`TextTransformer` and the CLIP checkpoint layout
+they share with OpenAI's) is plain renaming except where the layouts differ: open_clip's attention
+keeps q, k and v in one `in_proj` (split here in that order), and its projections are applied as
+`x @ proj` where transformers' `Linear` computes `x @ W.T` (transposed here).
+"""
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+
+_BLOCK = {  # inside a residual block: open_clip -> transformers
+    "ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+    "attn.out_proj": "self_attn.out_proj",
+}
+_TOWER = {"visual.transformer.": "vision_model.encoder.", "transformer.": "text_model.encoder."}
+_PLAIN = {  # whole keys
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "logit_scale": "logit_scale",
+}
+_TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
+_RESBLOCK = re.compile(r"^(visual\.transformer\.|transformer\.)resblocks\.(\d+)\.(.+)$")
+
+
+def open_clip_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An open_clip CLIP state dict -> transformers CLIPModel's. Refuses keys it does not know
+    (a model with other parts, e.g. layer scale or attention pooling, is not this architecture)."""
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.endswith("attn_mask")}
+    out, unknown = {}, []
+    for key, value in state.items():
+        if key in _PLAIN:
+            out[_PLAIN[key]] = value
+        elif key in _TRANSPOSED:
+            out[_TRANSPOSED[key]] = value.t().contiguous()
+        elif match := _RESBLOCK.match(key):
+            tower, layer, rest = match.groups()
+            prefix = f"{_TOWER[tower]}layers.{layer}."
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = rest.rsplit("_", 1)[1]  # weight | bias
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                    out[f"{prefix}self_attn.{name}.{kind}"] = part.contiguous()
+                continue
+            module, _, kind = rest.rpartition(".")
+            if module not in _BLOCK:
+                unknown.append(key)
+                continue
+            out[f"{prefix}{_BLOCK[module]}.{kind}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"not an open_clip CLIP (ViT) checkpoint of the expected layout: unknown keys {unknown[:8]}"
+                         f"{' ...' if len(unknown) > 8 else ''}")
+    return out
+
+
+def hf_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `open_clip_to_hf` (tests build open_clip-layout checkpoints with it)."""
+    plain = {v: k for k, v in _PLAIN.items()}
+    transposed = {v: k for k, v in _TRANSPOSED.items()}
+    block = {v: k for k, v in _BLOCK.items()}
+    towers = {v: k for k, v in _TOWER.items()}
+    out, qkv = {}, {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        if key in plain:
+            out[plain[key]] = value
+        elif key in transposed:
+            out[transposed[key]] = value.t().contiguous()
+        else:
+            match = re.match(r"^(vision_model\.encoder\.|text_model\.encoder\.)layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+            if not match:
+                raise ValueError(f"not a CLIPModel key: {key}")
+            tower, layer, module, kind = match.groups()
+            prefix = f"{towers[tower]}resblocks.{layer}."
+            if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((prefix, kind), {})[module[-6]] = value
+            else:
+                out[f"{prefix}{block[module]}.{kind}"] = value
+    for (prefix, kind), parts in qkv.items():
+        out[f"{prefix}attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def convert_open_clip(checkpoint: str, config: str, out: str) -> Path:
+    """An open_clip checkpoint (a state dict, or a dict with one under `state_dict`) -> a
+    CLIPModel directory at `out`, with `config`'s image processor and tokenizer."""
+    from transformers import AutoProcessor, CLIPConfig, CLIPModel
+
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = loaded.get("state_dict", loaded)
+    model = CLIPModel(CLIPConfig.from_pretrained(config))
+    converted = open_clip_to_hf(state)
+    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
+    missing, extra = sorted(expected - set(converted)), sorted(set(converted) - expected)
+    if missing or extra:
+        raise ValueError(f"{checkpoint} does not fit --config {config}: missing {missing[:6]}, unexpected {extra[:6]}")
+    for key, value in converted.items():
+        shape = tuple(model.state_dict()[key].shape)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{checkpoint} does not fit --config {config}: {key} has shape {tuple(value.shape)}, "
+                             f"the config's model {shape}")
+    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=False)
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(config).save_pretrained(out)
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlft.rewards.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="format", required=True)
+    oc = sub.add_parser("open_clip", help="an open_clip CLIP checkpoint (e.g. HPSv2.1) -> a CLIPModel directory")
+    oc.add_argument("checkpoint", help="the .pt/.bin file (its state dict, or a dict with 'state_dict')")
+    oc.add_argument("--config", required=True, help="a CLIPModel directory or hub id of the same architecture")
+    oc.add_argument("--out", required=True, help="the directory to write")
+    args = parser.parse_args(argv)
+    print(f"wrote {convert_open_clip(args.checkpoint, args.config, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
