@@ -64,7 +64,11 @@ def test_ppo_on_two_processes_equals_one(tiny_model_dir, tmp_path):
         one=["algorithm.sample_batch_size=8", "algorithm.train_batch_size=4"],
         two=["algorithm.sample_batch_size=4", "algorithm.train_batch_size=2"],  # per device
     )
-    assert_same_run(one, two, must_move=["train/approx_kl", "train/grad_norm", "rollout/advantage_absmean"])
+    # Weights to 1e-3 (lr is 6e-3), as GRPO's below and for its reason: Adam turns the float-order noise
+    # of near-zero gradient elements into step differences (measured 2.2e-4 at most, on lora_A of
+    # attn1.to_k, on a 2-core Intel Xeon with AVX-512, 2026-12-06; under 1e-4 on the AMD EPYCs before).
+    assert_same_run(one, two, must_move=["train/approx_kl", "train/grad_norm", "rollout/advantage_absmean"],
+                    weight_atol=1e-3)
     assert read_scalars(two)["oracle/queries"][-1][1] == 16  # both ranks' samples counted, once
 
 
