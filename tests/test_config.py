@@ -29,7 +29,8 @@ REQUIRED = {  # options with a value only the user can give (`???`)
     "aesthetic": ["reward.head_path=/path/to/head.pth"],
     "multi": ["reward.components={compressibility:1.0,digit_alignment:0.1}"],
     "hpsv2": ["reward.model_path=/path/to/converted/hpsv2.1"],
-    "vlm_judge": ["reward.base_url=http://127.0.0.1:8000/v1"],  # composes and validates; nothing is asked
+    "vlm_judge": ["reward.base_url=http://127.0.0.1:8000/v1"],
+    "ocr": ["model.prompts.train=${prompt_set:ocr_signs}", "model.prompts.eval=${prompt_set:ocr_signs_eval}"],  # composes and validates; nothing is asked
 }
 
 
@@ -85,6 +86,11 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
 
         clip = save_tiny_clip(tmp_path / "clip")
         overrides += [f"reward.model_path={clip}", f"reward.processor_path={clip}", "+reward.max_length=16"]
+    if option == "ocr":  # tiny PP-OCRv5 models saved here
+        from tests.test_ocr import save_tiny_ocr
+
+        det, rec = save_tiny_ocr(tmp_path)
+        overrides += [f"reward.detection_path={det}", f"reward.recognition_path={rec}"]
     if option == "vlm_judge":  # a local OpenAI-compatible server to answer it
         from tests.test_vlm_judge import FakeJudge
 
@@ -98,6 +104,8 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
     prompts = ["a handwritten 1", "a handwritten 2", "the number three"]
     if option == "vlm_judge":
         prompts = ["a good 1", "a good 2", "a good 3"]  # FakeJudge's word for an answer with a score
+    if option == "ocr":
+        prompts = ['a "b" sign', 'a "c" sign', 'a "bc" sign']  # the tiny reader reads "b"
     rewards = torch.as_tensor(reward(images, prompts))
     assert rewards.shape == (3,) and torch.isfinite(rewards).all()
 

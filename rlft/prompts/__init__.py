@@ -3,6 +3,8 @@
 - `imagenet_animals`: the 398 animal classes of ImageNet-1k (classes 0-397), as DDPO's
   aesthetic and compressibility experiments use; class names from timm's ImageNet lemma list.
 - `simple_animals`: 45 common animals, as DDPO's prompt-alignment experiments use.
+- `ocr_signs`, `ocr_signs_eval`: texts to render, in double quotes, for reward=ocr (written by
+  `rlft.prompts.ocr`).
 
 A path to a text file (`${prompt_set:/data/flow_grpo/dataset/pickscore/train.txt}`) reads that
 file the same way: the prompt lists of the public repositories are such files.

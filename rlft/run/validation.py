@@ -12,6 +12,7 @@ from rlft.diffusion.samplers import FAMILIES, check_sde_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
 from rlft.rewards.multi import COMBINES, check_components, reward_options
+from rlft.rewards.ocr import ocr_target
 from rlft.run.config import CONFIG_DIR
 
 RWR_WEIGHTINGS = ("exp", "sparse")  # rlft.algorithms.rwr (named here, where the config is checked before import)
@@ -119,6 +120,18 @@ def check_rewards(cfg: DictConfig) -> None:
             except InstantiationException as error:  # Hydra's wrapper of the reward's own ValueError
                 cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
                 raise ConfigError(str(cause) if where == "reward" else f"{where}: {cause}") from None
+    # reward=ocr reads the text in each prompt's quotes: a prompt without any is refused before any work.
+    ocr = [where for where, node in [("reward", r), *((f"reward.rewards.{n}", c) for n, c in (r.rewards.items() if multi else ()))]
+           if node.get("_target_") == "rlft.rewards.ocr.OcrReward"]
+    if ocr and "prompts" in cfg.get("model", {}):
+        for split in ("train", "eval"):
+            for prompt in cfg.model.prompts[split]:
+                try:
+                    ocr_target(prompt)
+                except ValueError as error:
+                    raise ConfigError(f"model.prompts.{split}: {error} ({ocr[0]} is reward=ocr; the shipped set: "
+                                      f"model.prompts.train='${{prompt_set:ocr_signs}}' "
+                                      f"model.prompts.eval='${{prompt_set:ocr_signs_eval}}')") from None
     e = cfg.get("evaluation", {})
     held_out = list(e.get("rewards") or [])
     options = [o for o in reward_options(CONFIG_DIR) if o not in ("multi", "ensemble")]
