@@ -177,3 +177,16 @@ def test_grpo_on_the_tiny_sd3_trains_on_two_components_and_logs_a_held_out_rewar
     # Both held-out and trained scores come from the same tiny CLIP on the same samples: PickScore's
     # config divides logit_scale.exp() * cos by 1, CLIPScore's by 100.
     assert s["eval/pickscore"][-1][1] == pytest.approx(100 * s["eval/clipscore"][-1][1], rel=1e-4)
+
+
+def test_seiko_logs_held_out_rewards_from_the_base_models_evaluation_on(model_dir, tmp_path):
+    from tests.test_resume import SEIKO_RUN
+
+    run = tmp_path / "run"
+    run_rlft(f"model.pretrained={model_dir}", *SEIKO_RUN, "evaluation.rewards=[incompressibility]",
+             f"hydra.run.dir={run}", cwd=tmp_path)
+    s = read_scalars(run)
+    assert [step for step, _ in s["eval/incompressibility"]] == [step for step, _ in s["eval/oracle_reward"]]
+    assert s["eval/incompressibility"][0][0] == 0  # the base model, before any query
+    for (_, held_out), (_, oracle) in zip(s["eval/incompressibility"], s["eval/oracle_reward"]):
+        assert held_out == pytest.approx(-oracle)  # JPEG size, and minus it (reward=compressibility)
