@@ -190,3 +190,27 @@ def test_seiko_logs_held_out_rewards_from_the_base_models_evaluation_on(model_di
     assert s["eval/incompressibility"][0][0] == 0  # the base model, before any query
     for (_, held_out), (_, oracle) in zip(s["eval/incompressibility"], s["eval/oracle_reward"]):
         assert held_out == pytest.approx(-oracle)  # JPEG size, and minus it (reward=compressibility)
+
+
+class HalfNan(JpegIncompressibility):
+    """JPEG size, NaN for every other image: a component that sometimes gives no answer."""
+
+    def __call__(self, images, prompts):
+        rewards = super().__call__(images, prompts)
+        rewards[::2] = float("nan")
+        return rewards
+
+
+@pytest.mark.parametrize("combine,nonfinite", [("advantages", 0), ("sum", 8)])
+def test_a_nan_in_one_component_costs_the_sample_only_that_component_under_advantages(model_dir, tmp_path, combine, nonfinite):
+    run = tmp_path / "run"
+    result = run_rlft(f"model.pretrained={model_dir}", "trainer.max_epochs=1", "data.samples_per_epoch=16",
+                      "algorithm.sample_batch_size=4", "algorithm.train_batch_size=4", "policy.num_steps=3",
+                      "reward=multi", TWO, f"reward.combine={combine}", "health.max_nonfinite_fraction=0.9",
+                      "+reward.settings.incompressibility._target_=tests.test_multi_reward.HalfNan",
+                      f"hydra.run.dir={run}", cwd=tmp_path)
+    s = read_scalars(run)
+    # Under advantages every sample keeps compressibility's advantage; under sum half the sums are NaN.
+    assert s["health/nonfinite_rewards"][-1][1] == nonfinite
+    assert "the reward component incompressibility returned 8/16 non-finite values" in result.stdout + result.stderr
+    assert math.isfinite(s["reward/incompressibility"][0][1]) and math.isfinite(s["rollout/advantage_absmean"][0][1])

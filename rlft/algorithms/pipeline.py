@@ -113,9 +113,9 @@ class OnlineRL(L.LightningModule):
         # reward=multi: rewards are (B, K) components, combined by their weights (combine=sum) or
         # normalised each on its own, with a tracker each, into advantages (combine=advantages).
         self.multi = reward_fn if isinstance(reward_fn, MultiReward) else None
-        per_component = self.multi is not None and self.multi.combine == "advantages"
+        self.per_component = self.multi is not None and self.multi.combine == "advantages"
         self.component_trackers = ({n: PerPromptStatTracker(stat_buffer_size, stat_min_count) for n in self.multi.names}
-                                   if per_component and tracked else None)
+                                   if self.per_component and tracked else None)
         self.log_images_every_n_epochs = log_images_every_n_epochs
         self.evaluation = evaluation
         self.eval_every_n_epochs = eval_every_n_epochs
@@ -179,7 +179,7 @@ class OnlineRL(L.LightningModule):
         if self.learned is None:
             self.oracle_queries += len(rewards)
         t1 = time.perf_counter()
-        per_component = self.multi is not None and self.multi.combine == "advantages"
+        per_component = self.per_component
         # A sample takes part in the update while one of its rewards is finite: under combine=sum
         # its only reward is the sum; under combine=advantages each component counts on its own.
         valid = torch.isfinite(parts).any(1) if per_component else torch.isfinite(rewards)
@@ -187,8 +187,7 @@ class OnlineRL(L.LightningModule):
         self.health.count("nonfinite_rewards", bad)
         problems = []
         for k, name in enumerate(self.multi.names if self.multi else ()):
-            if (~torch.isfinite(parts[:, k])).any():
-                n = int((~torch.isfinite(parts[:, k])).sum())
+            if n := int((~torch.isfinite(parts[:, k])).sum()):
                 log.warning(f"epoch {self.current_epoch}: the reward component {name} returned {n}/{len(parts)} "
                             f"non-finite values; " + ("those samples get no advantage from it" if per_component
                                                      else "their weighted sum is not finite"))
