@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, group_normalized
-from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
+from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, mean_of_finite, training_work, work_state
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.queries import query_fresh_samples
@@ -291,11 +291,8 @@ class OnlineRL(L.LightningModule):
 
     def component_metrics(self, parts: torch.Tensor) -> dict[str, float]:
         """reward=multi: reward/<name>, each component's mean over its finite answers."""
-        out = {}
-        for k, name in enumerate(self.multi.names if self.multi is not None else ()):
-            finite = parts[:, k][torch.isfinite(parts[:, k])]
-            out[f"reward/{name}"] = float(finite.mean()) if len(finite) else float("nan")
-        return out
+        names = self.multi.names if self.multi is not None else ()
+        return {f"reward/{name}": mean_of_finite(parts[:, k]) for k, name in enumerate(names)}
 
     def advantages(self, prompts: list[str], rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Advantages (B,) in [-adv_clip_max, adv_clip_max]; samples whose reward is not finite

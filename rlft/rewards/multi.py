@@ -27,9 +27,14 @@ def reward_options(config_dir: str) -> list[str]:
     return sorted(p.stem for p in (Path(config_dir) / "reward").glob("*.yaml"))
 
 
+def single_reward_options(config_dir: str) -> list[str]:
+    """The options that can be a component or a held-out reward: not multi, not a learned reward."""
+    return [o for o in reward_options(config_dir) if o not in ("multi", "ensemble")]
+
+
 def check_components(components, config_dir: str, setting: str = "reward.components") -> None:
     """Raises ValueError naming the first bad name or weight (run at composition)."""
-    options = [o for o in reward_options(config_dir) if o not in ("multi", "ensemble")]
+    options = single_reward_options(config_dir)
     if not components:
         raise ValueError(f"{setting} is empty: give at least one component, e.g. {setting}={{compressibility:1.0}}; "
                          f"components: {options}")

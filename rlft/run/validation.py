@@ -11,7 +11,7 @@ from omegaconf import DictConfig, ListConfig
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
-from rlft.rewards.multi import COMBINES, check_components, reward_options
+from rlft.rewards.multi import COMBINES, check_components, single_reward_options
 from rlft.rewards.ocr import ocr_target
 from rlft.run.config import CONFIG_DIR
 
@@ -112,8 +112,10 @@ def check_rewards(cfg: DictConfig) -> None:
         _check(not (cfg.algorithm.name == "seiko" and r.combine == "advantages"), "reward.combine", r.combine,
                "with algorithm=seiko: SEIKO fits one reward model to the oracle's answers, so it needs one reward per "
                "sample; use reward.combine=sum")
+    # The trained reward's configs: itself, or each component of reward=multi.
+    nodes = [(f"reward.rewards.{n}", c) for n, c in r.rewards.items()] if multi else [("reward", r)]
     # Rewards that check their settings when built and cost nothing to build (no weights, no network).
-    for where, node in [("reward", r), *((f"reward.rewards.{n}", c) for n, c in (r.rewards.items() if multi else ()))]:
+    for where, node in nodes:
         if node.get("_target_") == "rlft.rewards.vlm_judge.VlmJudge":
             try:
                 instantiate(node)
@@ -121,8 +123,7 @@ def check_rewards(cfg: DictConfig) -> None:
                 cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
                 raise ConfigError(str(cause) if where == "reward" else f"{where}: {cause}") from None
     # reward=ocr reads the text in each prompt's quotes: a prompt without any is refused before any work.
-    ocr = [where for where, node in [("reward", r), *((f"reward.rewards.{n}", c) for n, c in (r.rewards.items() if multi else ()))]
-           if node.get("_target_") == "rlft.rewards.ocr.OcrReward"]
+    ocr = [where for where, node in nodes if node.get("_target_") == "rlft.rewards.ocr.OcrReward"]
     if ocr and "prompts" in cfg.get("model", {}):
         for split in ("train", "eval"):
             for prompt in cfg.model.prompts[split]:
@@ -134,7 +135,7 @@ def check_rewards(cfg: DictConfig) -> None:
                                       f"model.prompts.eval='${{prompt_set:ocr_signs_eval}}')") from None
     e = cfg.get("evaluation", {})
     held_out = list(e.get("rewards") or [])
-    options = [o for o in reward_options(CONFIG_DIR) if o not in ("multi", "ensemble")]
+    options = single_reward_options(CONFIG_DIR)
     for name in held_out:
         _check(name in options, "evaluation.rewards", held_out, f"{name!r} is no reward option; valid: {options}")
         _check(name not in trained, "evaluation.rewards", held_out,
