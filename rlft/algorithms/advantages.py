@@ -51,10 +51,11 @@ class PerPromptStatTracker:
 
 
 def group_normalized(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, std_normalize: bool = True,
-                     eps: float = 1e-4) -> torch.Tensor:
+                     global_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
     """GRPO's advantages: the batch is groups of `group_size` consecutive samples of one prompt,
     and each reward is compared with its group's, `(r - mean_group) / (std_group + eps)`
-    (population std, eps as Flow-GRPO; `std_normalize=False`: `r - mean_group`, as Dr. GRPO).
+    (population std, eps as Flow-GRPO; `std_normalize=False`: `r - mean_group`, as Dr. GRPO;
+    `global_std`: divided by the std of the whole batch instead, flow_grpo's `global_std`).
     Only `valid` (finite) rewards enter a group's statistics; invalid ones get 0. (B,) -> (B,)."""
     if len(rewards) % group_size:
         raise ValueError(f"{len(rewards)} rewards do not split into groups of {group_size}")
@@ -63,7 +64,9 @@ def group_normalized(rewards: torch.Tensor, valid: torch.Tensor, group_size: int
     count = ok.sum(1, keepdim=True).clamp(min=1)
     mean = (r * ok).sum(1, keepdim=True) / count
     centred = (r - mean) * ok
-    if std_normalize:
+    if std_normalize and global_std:
+        centred = centred / (rewards[valid].detach().float().std(unbiased=False) + eps)
+    elif std_normalize:
         std = (centred.pow(2).sum(1, keepdim=True) / count).sqrt()
         centred = centred / (std + eps)
     return centred.view(-1)

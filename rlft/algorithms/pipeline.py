@@ -9,6 +9,7 @@ shuffled trajectories and, per trajectory, shuffled timesteps. An algorithm is w
 PPO (`rlft.algorithms.ppo`), GRPO, DDPO-SF, RWR, DiffusionNFT.
 """
 
+import contextlib
 import logging
 import math
 import time
@@ -79,6 +80,7 @@ class OnlineRL(L.LightningModule):
         per_prompt_stat_tracking: bool = True,
         group_size: int = 1,
         std_normalize: bool = True,
+        global_std: bool = False,
         stat_buffer_size: int = 32,
         stat_min_count: int = 16,
         log_images_every_n_epochs: int = 5,
@@ -108,6 +110,7 @@ class OnlineRL(L.LightningModule):
         # compared within their group (GRPO); else with the prompt's running statistics (DDPO).
         self.group_size = group_size
         self.std_normalize = std_normalize
+        self.global_std = global_std  # groups' advantages divided by the batch's std (flow_grpo's global_std)
         tracked = per_prompt_stat_tracking and group_size == 1
         self.stat_tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if tracked else None
         # reward=multi: rewards are (B, K) components, combined by their weights (combine=sum) or
@@ -129,6 +132,7 @@ class OnlineRL(L.LightningModule):
         self.elapsed_s = 0.0  # wall seconds of sampling, rewards and updates so far (time/elapsed_s)
         self.first_reward_mean = None  # this process's first epoch, for the closing summary
         self.epoch_steps = self.epoch_skipped_steps = 0
+        self.optimizer_steps = 0  # every optimizer step of the run, skipped ones included (DiffusionNFT's decay ramp)
         self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
 
     def setup(self, stage: str) -> None:
@@ -173,7 +177,8 @@ class OnlineRL(L.LightningModule):
         t0 = time.perf_counter()
         rank, world = rank_and_world(self.trainer)
         mine = shard(len(prompts), rank, world)
-        trajectories, local_parts, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
+        with self.sampling_weights():
+            trajectories, local_parts, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
         parts = gather(local_parts, world)  # (B, K) in global order: K = 1, or reward=multi's components
         rewards, local_rewards = self.combined(parts), self.combined(local_parts)  # (B,), this rank's (b,)
         if self.learned is None:
@@ -218,7 +223,7 @@ class OnlineRL(L.LightningModule):
             "reward/min": finite.min(),
             "reward/max": finite.max(),
             **self.component_metrics(parts),
-            "rollout/log_prob_mean": gather(trajectories.log_probs.mean(1), world).mean(),
+            **self.rollout_log_prob(trajectories, world),
             "oracle/queries": float(self.oracle_queries),
             "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
             **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1,
@@ -235,10 +240,11 @@ class OnlineRL(L.LightningModule):
         ):
             show = self.progress and self.trainer.is_global_zero
             t_eval = time.perf_counter()
-            eval_metrics, images, eval_prompts, _ = self.evaluation(
-                self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
-                self.answers, f"eval/epoch={self.current_epoch:05d}",
-            )
+            with self.evaluation_weights():
+                eval_metrics, images, eval_prompts, _ = self.evaluation(
+                    self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
+                    self.answers, f"eval/epoch={self.current_epoch:05d}",
+                )
             metrics |= eval_metrics
             if self.learned is not None:  # what the policy optimises, on the same held-out samples
                 metrics["eval/proxy_reward"] = float(gather(self.learned(images, eval_prompts), world).mean())
@@ -250,6 +256,20 @@ class OnlineRL(L.LightningModule):
             self.first_reward_mean = float(finite.mean())
         self.log("reward", float(finite.mean()), prog_bar=True, logger=False)
         self.log_samples(trajectories, local_rewards)
+
+    def sampling_weights(self):
+        """The weights that sample the epoch's batch, for the block (DiffusionNFT: its old policy)."""
+        return contextlib.nullcontext()
+
+    def evaluation_weights(self):
+        """The weights that evaluation samples with, for the block (DiffusionNFT: an EMA)."""
+        return contextlib.nullcontext()
+
+    def rollout_log_prob(self, trajectories: Trajectories, world: int) -> dict[str, torch.Tensor]:
+        """rollout/log_prob_mean; none for a deterministic sampler (no step has one)."""
+        if self.policy.sampler.deterministic:
+            return {}
+        return {"rollout/log_prob_mean": gather(trajectories.log_probs.mean(1), world).mean()}
 
     def sample_and_score(self, prompts: list[str], indices: range) -> tuple[Trajectories, torch.Tensor, float]:
         """Sample in chunks of `sample_batch_size`; with `async_reward` each chunk is decoded
@@ -314,7 +334,7 @@ class OnlineRL(L.LightningModule):
         statistics (DDPO) or by the batch's; 0 where not `valid`."""
         out = torch.zeros_like(rewards)
         if self.group_size > 1:
-            out[valid] = group_normalized(rewards, valid, self.group_size, self.std_normalize)[valid]
+            out[valid] = group_normalized(rewards, valid, self.group_size, self.std_normalize, self.global_std)[valid]
         elif valid.any():
             kept = [p for p, ok in zip(prompts, valid.tolist()) if ok]
             out[valid] = tracker.update(kept, rewards[valid]) if tracker else batch_normalized(rewards[valid])
@@ -383,6 +403,7 @@ class OnlineRL(L.LightningModule):
 
     def optimizer_step(self, optimizer) -> torch.Tensor:
         grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.max_grad_norm)
+        self.optimizer_steps += 1
         self.epoch_steps += 1
         self.epoch_skipped_steps += not stepped
         self.health.count("skipped_steps", not stepped)
@@ -409,6 +430,7 @@ class OnlineRL(L.LightningModule):
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "component_trackers": {n: t.state_dict() for n, t in (self.component_trackers or {}).items()},
             "oracle_queries": self.oracle_queries,
+            "optimizer_steps": self.optimizer_steps,
             "elapsed_s": self.elapsed_s,
             "work": work_state(self.policy, self.evaluation),
             "learned_reward": self.learned.state_dict() if self.learned is not None else None,
@@ -424,6 +446,7 @@ class OnlineRL(L.LightningModule):
         for name, tracker_state in state.get("component_trackers", {}).items():
             self.component_trackers[name].load_state_dict(tracker_state)
         self.oracle_queries = state.get("oracle_queries", 0)
+        self.optimizer_steps = state.get("optimizer_steps", 0)
         self.elapsed_s = state.get("elapsed_s", 0.0)
         load_work_state(self.policy, self.evaluation, state.get("work"))
         if self.learned is not None and state.get("learned_reward"):

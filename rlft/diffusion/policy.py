@@ -113,7 +113,8 @@ class DiffusionPolicy(nn.Module):
 
     `model` is the family's interface (`rlft.models.base.DiffusionModel`): its text encoders,
     VAE, latent shape, denoiser call and decoding. `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
-    None takes the family's public default. `latent_size` (None: the denoiser's own
+    None takes the family's public default. `sde_window`, `deterministic` and `ode_solver`: which
+    steps are stochastic, and the solver of the others (`rlft.diffusion.samplers`). `latent_size` (None: the denoiser's own
     sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
     frozen model (`rlft.models.fingerprint`), which checkpoints store in its place.
 
@@ -137,6 +138,8 @@ class DiffusionPolicy(nn.Module):
         eta: float | None = None,
         noise_level: float | None = None,
         sde_window: list[int] | None = None,
+        deterministic: bool = False,
+        ode_solver: str = "euler",
         reduction: str = "mean",
         lora_rank: int | None = 4,
         lora_alpha: float | None = None,
@@ -167,7 +170,7 @@ class DiffusionPolicy(nn.Module):
         self.unet_evaluations = 0  # the work done so far, counted by `predict` (work/unet_evals)
         schedule = model.timestep_schedule(num_steps, self.latent_shape(1))
         self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window,
-                                    schedule=schedule)
+                                    schedule=schedule, deterministic=deterministic, ode_solver=ode_solver)
         if lora_rank:
             self.denoiser.requires_grad_(False)
             self.denoiser.add_adapter(
@@ -312,26 +315,34 @@ class DiffusionPolicy(nn.Module):
         (`rlft.algorithms.scored_sampling`: behind the next chunk's sampling)."""
         embeds = self.encode_prompts(prompts)
         x = self.initial_latents(len(prompts), generator)
-        latents, next_latents, log_probs, stochastic = [], [], [], []
+        latents, next_latents, log_probs, recorded = [], [], [], []
         timesteps = self.sampler.timesteps.to(x.device)
+        solver = self.sampler.ode_solver()
+        # A deterministic sampler records every step (DiffusionNFT trains on their timesteps), with
+        # no log-probability (NaN); otherwise the stochastic steps are recorded.
+        record_all = self.sampler.deterministic
         for i, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, disable=None if progress else True)):
             prediction = self.predict(x, t, embeds)
-            if not self.sampler.is_stochastic(i):
-                x = self.sampler.ode_step(prediction, t, x)
-                continue
-            step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
-            latents.append(x)
-            next_latents.append(step.prev_sample)
-            log_probs.append(step.log_prob)
-            stochastic.append(t)
-            x = step.prev_sample
+            if self.sampler.is_stochastic(i):
+                solver.observe(prediction, t, x)
+                step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
+                x_next, log_prob = step.prev_sample, step.log_prob
+            else:
+                x_next = solver.step(prediction, t, x)
+                log_prob = x.new_full((len(x),), float("nan"), dtype=torch.float32)
+            if record_all or self.sampler.is_stochastic(i):
+                latents.append(x)
+                next_latents.append(x_next)
+                log_probs.append(log_prob)
+                recorded.append(t)
+            x = x_next
         return Trajectories(
             prompts=list(prompts),
             prompt_embeds=embeds,
             latents=torch.stack(latents, dim=1),
             next_latents=torch.stack(next_latents, dim=1),
             log_probs=torch.stack(log_probs, dim=1),
-            timesteps=torch.stack(stochastic).unsqueeze(0).expand(len(prompts), -1),
+            timesteps=torch.stack(recorded).unsqueeze(0).expand(len(prompts), -1),
             images=self.decode(x) if decode else None,
             final_latents=x,
         )
@@ -357,6 +368,7 @@ class DiffusionPolicy(nn.Module):
         x = self.initial_latents(len(prompts), generator)
         kl = torch.zeros(len(prompts), device=x.device)
         timesteps = self.sampler.timesteps.to(x.device)
+        solver = self.sampler.ode_solver()
         first_grad_step = len(timesteps) - grad_steps
         for i, t in enumerate(timesteps):
             with torch.set_grad_enabled(i >= first_grad_step):
@@ -367,8 +379,9 @@ class DiffusionPolicy(nn.Module):
                 else:
                     prediction = self.predict(x, t, embeds)
                 if not self.sampler.is_stochastic(i):
-                    x = self.sampler.ode_step(prediction, t, x)
+                    x = solver.step(prediction, t, x)
                     continue
+                solver.observe(prediction.detach(), t, x.detach())
                 step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
                 if i >= first_grad_step and reference is not None:
                     with torch.no_grad():

@@ -7,7 +7,10 @@ forward switches adapters and switches back. Under full fine-tuning the trainabl
 are the whole denoiser, so the snapshot is a frozen copy of its parameters (the one copy a
 reference needs), used through `torch.func.functional_call`, never a second network.
 
-`reference.predict(policy, latents, t, embeds)` is the guided prediction of the reference.
+`reference.predict(policy, latents, t, embeds)` is the guided prediction of the reference;
+inside `with reference.active(policy):` every forward of the policy is the reference's
+(DiffusionNFT samples with its "old" policy so); `reference.soft_update(policy, decay)` moves
+a snapshot towards the policy, `ref <- decay * ref + (1 - decay) * policy`.
 """
 
 from contextlib import contextmanager
@@ -47,8 +50,11 @@ class BaseReference:
     """The frozen base: the policy with its LoRA adapter disabled (GRPO's reference; SEIKO's
     before its first round)."""
 
+    def active(self, policy):
+        return active_adapter(policy.denoiser, None)
+
     def predict(self, policy, latents, timesteps, embeds):
-        with active_adapter(policy.denoiser, None):
+        with self.active(policy):
             return policy.predict(latents, timesteps, embeds)
 
     def state_dict(self) -> dict:
@@ -83,9 +89,18 @@ class AdapterReference:
             theirs.copy_(mine)
             theirs.requires_grad_(False)
 
+    def active(self, policy):
+        return active_adapter(policy.denoiser, ADAPTER)
+
     def predict(self, policy, latents, timesteps, embeds):
-        with active_adapter(policy.denoiser, ADAPTER):
+        with self.active(policy):
             return policy.predict(latents, timesteps, embeds)
+
+    @torch.no_grad()
+    def soft_update(self, policy, decay: float) -> None:
+        """ref <- decay * ref + (1 - decay) * policy, matrix by matrix (decay 0: a copy)."""
+        for mine, theirs in self.pairs():
+            theirs.copy_(theirs * decay + mine * (1.0 - decay))
 
     def state_dict(self) -> dict:
         return {"kind": "adapter", "weights": [theirs.detach().clone() for _, theirs in self.pairs()]}
@@ -104,6 +119,28 @@ class WeightsReference:
 
     def predict(self, policy, latents, timesteps, embeds):
         return torch.func.functional_call(policy, self.weights, (latents, timesteps, embeds), strict=False)
+
+    @contextmanager
+    def active(self, policy):
+        """The copy's tensors swapped into the denoiser's parameters (no copy made), and back."""
+        params = dict(policy.denoiser.named_parameters())
+
+        def swap():
+            for name, theirs in list(self.weights.items()):
+                param = params[name.removeprefix("denoiser.")]
+                param.data, self.weights[name] = theirs, param.data
+
+        swap()
+        try:
+            yield
+        finally:
+            swap()
+
+    @torch.no_grad()
+    def soft_update(self, policy, decay: float) -> None:
+        for name, mine in policy.denoiser.named_parameters():
+            theirs = self.weights[f"denoiser.{name}"]
+            theirs.copy_(theirs * decay + mine * (1.0 - decay))
 
     def state_dict(self) -> dict:
         return {"kind": "weights", "weights": self.weights}

@@ -5,8 +5,9 @@ the policy and the algorithms never branch on the model family.
 An SDE window (`sde_window=[start, stop]`, step indices, Python slice semantics; null: every
 step) makes only those steps stochastic: they carry a log-probability and are what PPO-style
 algorithms train on. The other steps are deterministic (the Euler ODE step of a flow model,
-eta = 0 DDIM) and are never trained on, as in Flow-GRPO-Fast and MixGRPO: training cost
-falls with the window's length.
+eta = 0 DDIM, or the second-order `dpm2`: `rlft.diffusion.ode`) and are never trained on, as in
+Flow-GRPO-Fast and MixGRPO: training cost falls with the window's length. `deterministic`: no
+step is stochastic (DiffusionNFT's sampler: its loss needs no log-probability).
 """
 
 import torch
@@ -15,6 +16,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from rlft.diffusion.ddim import check_stochastic, ddim_mean_and_std, ddim_step_with_logprob
 from rlft.diffusion.flow import flow_ode_step, flow_sde_step_with_logprob
 from rlft.diffusion.gaussian import GaussianStep
+from rlft.diffusion.ode import ODE_SOLVERS, DPMSolver2, EulerSolver
 
 FAMILIES = {"ddim": DDIMScheduler, "flow": FlowMatchEulerDiscreteScheduler}
 
@@ -38,11 +40,26 @@ class Sampler:
 
     family: str
 
-    def __init__(self, scheduler, num_steps: int, sde_window=None, schedule: dict | None = None):
+    def __init__(self, scheduler, num_steps: int, sde_window=None, schedule: dict | None = None,
+                 deterministic: bool = False, ode_solver: str = "euler"):
         self.scheduler = scheduler
         # `schedule`: the model family's own arguments of set_timesteps (FLUX: sigmas and its shift mu)
         scheduler.set_timesteps(num_steps, **(schedule or {}))
-        self.window = check_sde_window(sde_window, num_steps)
+        if deterministic and sde_window is not None:
+            raise ValueError(f"policy.sde_window={list(sde_window)} with policy.deterministic=true: a deterministic "
+                             "sampler has no stochastic step; set one of them (sde_window=null)")
+        self.deterministic = deterministic
+        self.window = range(0) if deterministic else check_sde_window(sde_window, num_steps)
+        if ode_solver not in ODE_SOLVERS:
+            raise ValueError(f"policy.ode_solver={ode_solver!r} is not a solver: valid are {list(ODE_SOLVERS)}")
+        if ode_solver == "dpm2" and self.family != "flow":
+            raise ValueError("policy.ode_solver=dpm2 is written for rectified-flow models; this model samples with DDIM "
+                             "(use policy.ode_solver=euler: DDIM with eta 0)")
+        self.ode_solver_name = ode_solver
+
+    def ode_solver(self):
+        """A fresh deterministic solver for one batch of trajectories (`rlft.diffusion.ode`)."""
+        return DPMSolver2(self.scheduler) if self.ode_solver_name == "dpm2" else EulerSolver(self)
 
     @property
     def timesteps(self) -> torch.Tensor:
@@ -63,8 +80,9 @@ class DDIMSampler(Sampler):
 
     family = "ddim"
 
-    def __init__(self, scheduler: DDIMScheduler, num_steps: int, eta: float = 1.0, sde_window=None, schedule=None):
-        super().__init__(scheduler, num_steps, sde_window, schedule)
+    def __init__(self, scheduler: DDIMScheduler, num_steps: int, eta: float = 1.0, sde_window=None, schedule=None,
+                 **options):
+        super().__init__(scheduler, num_steps, sde_window, schedule, **options)
         self.eta = eta
         check_stochastic(scheduler)
 
@@ -81,8 +99,8 @@ class FlowSDESampler(Sampler):
     family = "flow"
 
     def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, noise_level: float = 0.7, sde_window=None,
-                 schedule=None):
-        super().__init__(scheduler, num_steps, sde_window, schedule)
+                 schedule=None, **options):
+        super().__init__(scheduler, num_steps, sde_window, schedule, **options)
         if noise_level <= 0:
             raise ValueError(f"policy.noise_level={noise_level} is invalid: must be > 0 (Flow-GRPO's default is 0.7); "
                              "at 0 the step is the deterministic ODE step, with no log-probability")
@@ -108,17 +126,18 @@ def family_of(scheduler) -> str:
 
 
 def make_sampler(scheduler, num_steps: int, eta: float | None = None, noise_level: float | None = None,
-                 sde_window=None, schedule: dict | None = None) -> Sampler:
+                 sde_window=None, schedule: dict | None = None, **options) -> Sampler:
     """The sampler of the scheduler's family. `eta` belongs to DDIM, `noise_level` to flow
     models; None takes the public default (DDPO's eta 1.0, Flow-GRPO's noise level 0.7).
-    `schedule`: extra arguments of the scheduler's `set_timesteps` (`DiffusionModel.timestep_schedule`)."""
+    `schedule`: extra arguments of the scheduler's `set_timesteps` (`DiffusionModel.timestep_schedule`).
+    `options`: `deterministic`, `ode_solver` (`Sampler`)."""
     family = family_of(scheduler)
     if family == "ddim":
         if noise_level is not None:
             raise ValueError(f"policy.noise_level={noise_level} is a flow-model setting; this model samples with DDIM "
                              "(set policy.eta instead)")
-        return DDIMSampler(scheduler, num_steps, 1.0 if eta is None else eta, sde_window, schedule)
+        return DDIMSampler(scheduler, num_steps, 1.0 if eta is None else eta, sde_window, schedule, **options)
     if eta is not None:
         raise ValueError(f"policy.eta={eta} is a DDIM setting; this model is a rectified-flow model "
                          "(set policy.noise_level instead)")
-    return FlowSDESampler(scheduler, num_steps, 0.7 if noise_level is None else noise_level, sde_window, schedule)
+    return FlowSDESampler(scheduler, num_steps, 0.7 if noise_level is None else noise_level, sde_window, schedule, **options)

@@ -8,6 +8,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
+from rlft.algorithms.old_policy import decay_schedule
+from rlft.diffusion.ode import ODE_SOLVERS
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
@@ -93,6 +95,18 @@ def check_sampler(cfg: DictConfig) -> None:
         check_sde_window(None if p.sde_window is None else list(p.sde_window), p.num_steps)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    solver = p.get("ode_solver", "euler")
+    _check(solver in ODE_SOLVERS, "policy.ode_solver", solver, f"must be one of {list(ODE_SOLVERS)}")
+    _check(solver != "dpm2" or family == "flow", "policy.ode_solver", solver,
+           f"is written for rectified-flow models, and model={cfg.model.name} is a {family} model: use euler "
+           "(DDIM with eta 0)")
+    if p.get("deterministic"):
+        _check(p.sde_window is None, "policy.sde_window", p.sde_window,
+               "must be null with policy.deterministic=true: a deterministic sampler has no stochastic step")
+        name = cfg.algorithm.name
+        _check(name == "nft", "policy.deterministic", True,
+               f"samples without noise, so no step has a log-probability, and algorithm={name} trains on "
+               f"log-probabilities: only algorithm=nft (likelihood-free) trains on deterministic samples")
 
 
 def check_rewards(cfg: DictConfig) -> None:
@@ -157,7 +171,12 @@ def validate(cfg: DictConfig) -> None:
            "must be > 0 (UNet evaluations; rlft bench measures it)")
     _check(p.reduction in ("mean", "sum"), "policy.reduction", p.reduction, "must be mean or sum (reduction=mean|sum)")
     _check(p.lora_rank is None or p.lora_rank >= 1, "policy.lora_rank", p.lora_rank, "must be >= 1, or null for full fine-tuning")
-    check_sampler(cfg)
+    family = cfg.model.get("family", "ddim")
+    _check(cfg.algorithm.name != "nft" or family == "flow", "algorithm", cfg.algorithm.name,
+           f"DiffusionNFT trains rectified-flow models (model.family=flow) on their forward process, and "
+           f"model={cfg.model.name} is a {family} model: use model=digits_flow (or another flow "
+           f"model: sd3, sd35_*, flux_*, flux2_klein_4b, qwen_image, wan*), or algorithm=ppo, grpo, ddpo_sf, rwr or seiko on this model")
+    check_sampler(cfg)  # after: an algorithm's sampler (nft's dpm2) belongs to its model family
     dtype = cfg.model.get("dtype", "float32")
     _check(p.lora_rank is not None or dtype == "float32", "model.dtype", dtype,
            "must be float32 for full fine-tuning (policy.lora_rank=null); for speed use trainer.precision=16-mixed")
@@ -223,14 +242,15 @@ def validate(cfg: DictConfig) -> None:
             _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0: the temperature of w = exp(A / beta)")
             _check(0 < a.quantile <= 1, "algorithm.quantile", a.quantile, "must be in (0, 1]: the share of the batch kept")
         if a.name == "nft":
-            family = cfg.model.get("family", "ddim")
-            _check(family == "flow", "algorithm", a.name,
-                   f"DiffusionNFT trains rectified-flow models (model.family=flow) on their forward process, and "
-                   f"model={cfg.model.name} is a {family} model: use model=digits_flow (or another flow "
-                   f"model: sd3, sd35_*, flux_*, flux2_klein_4b, qwen_image, wan*), or algorithm=ppo, grpo, ddpo_sf, rwr or seiko on this model")
             _check(p.guidance_scale == 1, "policy.guidance_scale", p.guidance_scale,
                    "must be 1 for algorithm=nft: DiffusionNFT is CFG-free, it trains and samples the conditional velocity")
             _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0 (the public code's default is 1)")
+            try:
+                decay_schedule(a.get("decay_type"), None if a.get("decay") is None else list(a.decay))
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            ema = a.get("ema_decay")
+            _check(ema is None or 0 <= ema < 1, "algorithm.ema_decay", ema, "must be in [0, 1) (public: 0.9), or null")
 
     if a.name == "seiko":
         # Its reward backpropagation runs the ensemble on decoded images; on videos it would need the

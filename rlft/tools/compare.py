@@ -32,7 +32,7 @@ DEFAULT_METRICS = ("reward/mean", "eval/oracle_reward")
 LOWER_IS_BETTER = (
     "train/loss", "train/approx_kl", "train/approx_kl_first_update", "train/clipfrac", "train/clipfrac_first_update",
     "train/kl", "train/log_ratio_absmax", "train/log_ratio_capped_frac", "train/positive_loss", "train/negative_loss",
-    "ensemble/train_loss", "ensemble/val_mae",
+    "train/policy_loss", "ensemble/train_loss", "ensemble/val_mae",
     "health/", "time/",
 )
 
