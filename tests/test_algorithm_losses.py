@@ -26,6 +26,15 @@ def test_group_advantages_match_a_per_group_numpy_computation():
     np.testing.assert_allclose(centred.numpy(), np.concatenate([g - g.mean() for g in rewards.reshape(4, 6)]), rtol=1e-5, atol=1e-6)
 
 
+def test_global_std_divides_each_group_by_the_whole_batch_std_as_flow_grpo():
+    """flow_grpo's PerPromptStatTracker(global_std=True): (r - mean_prompt) / (np.std(all rewards) + 1e-4)."""
+    rng = np.random.default_rng(3)
+    rewards = rng.normal(size=12) * np.repeat([1.0, 5.0, 0.2], 4)
+    got = group_normalized(torch.tensor(rewards), torch.ones(12, dtype=torch.bool), 4, global_std=True)
+    want = np.concatenate([(g - g.mean()) / (rewards.std() + 1e-4) for g in rewards.reshape(3, 4)])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_group_advantages_leave_non_finite_rewards_out_of_their_group():
     rewards = torch.tensor([1.0, 2.0, float("nan"), 4.0, 5.0, 5.0, 5.0, 5.0])
     valid = torch.isfinite(rewards)

@@ -7,6 +7,11 @@ reference policy at the same x_t, `(mean - mean_ref)^2 / (2 std^2)` reduced like
 log-probability (Flow-GRPO's `beta` term). The reference is the base model: the policy's own
 denoiser with its LoRA adapter disabled, never a copy of the network (under full fine-tuning,
 one frozen copy of the untrained parameters).
+
+`kl_form`: `exact` (the default) is the KL of the two step Gaussians; `without_dt` is flow_grpo's
+term as its `train_sd3.py` at ac4c86e8 writes it, `mean((mean - mean_ref)^2) / (2 std_dev_t^2)` with
+`std_dev_t` the flow step's noise scale without the step's `sqrt(sigma - sigma_next)`, i.e. the exact
+KL times `sigma - sigma_next`: the form under which a published `beta` means what it says.
 """
 
 import torch
@@ -14,7 +19,8 @@ import torch
 from rlft.algorithms.pipeline import MicroBatch
 from rlft.algorithms.ppo import PPO
 from rlft.algorithms.ppo_loss import ppo_clip_loss
-from rlft.diffusion.gaussian import gaussian_kl_equal_std
+from rlft.diffusion.flow import step_sigmas
+from rlft.diffusion.gaussian import KL_FORMS, gaussian_kl_equal_std, kl_std
 from rlft.diffusion.reference import base_reference
 
 
@@ -32,14 +38,22 @@ def grpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: to
 
 
 class GRPO(PPO):
-    def __init__(self, group_size: int = 8, kl_weight: float = 0.04, **kwargs):
+    def __init__(self, group_size: int = 8, kl_weight: float = 0.04, kl_form: str = "exact", **kwargs):
         super().__init__(group_size=group_size, **kwargs)
-        self.kl_weight = kl_weight
+        if kl_form not in KL_FORMS:
+            raise ValueError(f"algorithm.kl_form={kl_form!r} is not a form: valid are {list(KL_FORMS)}")
+        if kl_form == "without_dt" and self.policy.family != "flow":
+            raise ValueError("algorithm.kl_form=without_dt is flow_grpo's form for rectified-flow models; this model "
+                             "samples with DDIM: use kl_form=exact")
+        self.kl_weight, self.kl_form = kl_weight, kl_form
         self.reference = base_reference(self.policy)  # built from the base: still untrained here
 
     def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         step = self.policy.transition(mb.latents, mb.next_latents, mb.timesteps, mb.embeds)
         # kl_weight = 0 skips the reference's forward (its cost is one more forward pass a step).
         ref = self.policy.transition(mb.latents, mb.next_latents, mb.timesteps, mb.embeds, self.reference) if self.kl_weight else None
+        std = step.std
+        if ref is not None and self.kl_form != "exact":
+            std = kl_std(step.std, *step_sigmas(self.policy.scheduler, mb.timesteps), self.kl_form)
         return grpo_loss(step.log_prob, mb.old_log_probs, mb.advantages, step.mean, ref.mean if ref else None,
-                         step.std, self.clip_range, self.kl_weight, self.policy.reduction, self.max_log_ratio)
+                         std, self.clip_range, self.kl_weight, self.policy.reduction, self.max_log_ratio)

@@ -9,6 +9,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 REDUCTIONS = ("mean", "sum")
+KL_FORMS = ("exact", "without_dt")  # GRPO's algorithm.kl_form (`kl_std`)
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
 
@@ -61,3 +62,13 @@ def gaussian_kl_equal_std(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch
     """KL between two Gaussians of equal std: (mean - ref_mean)^2 / (2 std^2), reduced over the
     non-batch dimensions like the log-probability. (B, ...) -> (B,)."""
     return reduce_over_sample((mean - ref_mean) ** 2 / (2 * std**2), reduction)
+
+
+def kl_std(std: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, kl_form: str) -> torch.Tensor:
+    """The std the KL term divides by: the step's (`exact`), or flow_grpo's `std_dev_t`, the step's
+    std without its sqrt(sigma - sigma_next) (`without_dt`)."""
+    if kl_form == "exact":
+        return std
+    if kl_form == "without_dt":
+        return std / per_sample(torch.sqrt(sigma - sigma_next), std)
+    raise ValueError(f"algorithm.kl_form={kl_form!r} is not a form: valid are {list(KL_FORMS)}")

@@ -21,6 +21,10 @@ from rlft.diffusion.gaussian import GaussianStep, gaussian_kl_equal_std
 from rlft.diffusion.samplers import make_sampler
 
 
+# Which branches of classifier-free guidance a gradient flows through: both (the exact gradient of
+# the guided prediction) or the conditional one only (flow_grpo detaches the unconditional branch).
+CFG_GRADIENTS = ("both", "conditional")
+
 # None: the global RNG; one generator; or a list, one per sample of the batch.
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -114,7 +118,8 @@ class DiffusionPolicy(nn.Module):
     `model` is the family's interface (`rlft.models.base.DiffusionModel`): its text encoders,
     VAE, latent shape, denoiser call and decoding. `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
     None takes the family's public default. `sde_window`, `deterministic` and `ode_solver`: which
-    steps are stochastic, and the solver of the others (`rlft.diffusion.samplers`). `latent_size` (None: the denoiser's own
+    steps are stochastic, and the solver of the others (`rlft.diffusion.samplers`). `cfg_gradient`:
+    `both` CFG branches carry the gradient, or the `conditional` one only (flow_grpo). `latent_size` (None: the denoiser's own
     sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
     frozen model (`rlft.models.fingerprint`), which checkpoints store in its place.
 
@@ -140,6 +145,7 @@ class DiffusionPolicy(nn.Module):
         sde_window: list[int] | None = None,
         deterministic: bool = False,
         ode_solver: str = "euler",
+        cfg_gradient: str = "both",
         reduction: str = "mean",
         lora_rank: int | None = 4,
         lora_alpha: float | None = None,
@@ -165,6 +171,9 @@ class DiffusionPolicy(nn.Module):
                              "no guidance (its pipeline ignores the scale): use 1")
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
+        if cfg_gradient not in CFG_GRADIENTS:
+            raise ValueError(f"policy.cfg_gradient={cfg_gradient!r} is invalid: valid are {list(CFG_GRADIENTS)}")
+        self.cfg_gradient = cfg_gradient
         self.reduction = reduction
         self.latent_size = latent_size or model.default_latent_size(denoiser)  # e.g. 64 for SD3 at 512x512
         self.unet_evaluations = 0  # the work done so far, counted by `predict` (work/unet_evals)
@@ -296,6 +305,8 @@ class DiffusionPolicy(nn.Module):
             PromptEmbeds.cat([self.uncond_embeds(len(latents)), prompt_embeds]).to(dtype),
         )
         out_uncond, out_cond = out.chunk(2)
+        if self.cfg_gradient == "conditional":  # flow_grpo: no gradient through the unconditional branch
+            out_uncond = out_uncond.detach()
         return self.model.combine_guidance(out_uncond, out_cond, self.guidance_scale)
 
     # `torch.func.functional_call(policy, weights, ...)` predicts with other weights (a reference).

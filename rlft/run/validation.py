@@ -9,7 +9,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from rlft.algorithms.old_policy import decay_schedule
+from rlft.diffusion.gaussian import KL_FORMS
 from rlft.diffusion.ode import ODE_SOLVERS
+from rlft.diffusion.policy import CFG_GRADIENTS
 from rlft.diffusion.samplers import FAMILIES, check_sde_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
@@ -100,6 +102,8 @@ def check_sampler(cfg: DictConfig) -> None:
     _check(solver != "dpm2" or family == "flow", "policy.ode_solver", solver,
            f"is written for rectified-flow models, and model={cfg.model.name} is a {family} model: use euler "
            "(DDIM with eta 0)")
+    _check(p.get("cfg_gradient", "both") in CFG_GRADIENTS, "policy.cfg_gradient", p.get("cfg_gradient"),
+           f"must be one of {list(CFG_GRADIENTS)}")
     if p.get("deterministic"):
         _check(p.sde_window is None, "policy.sde_window", p.sde_window,
                "must be null with policy.deterministic=true: a deterministic sampler has no stochastic step")
@@ -237,6 +241,10 @@ def validate(cfg: DictConfig) -> None:
                    f"must be a multiple of algorithm.group_size={a.group_size} (whole groups of one prompt each)")
         if "kl_weight" in a:
             _check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0 (0: no KL term)")
+        if "kl_form" in a:
+            _check(a.kl_form in KL_FORMS, "algorithm.kl_form", a.kl_form, f"must be one of {list(KL_FORMS)}")
+            _check(a.kl_form == "exact" or cfg.model.get("family", "ddim") == "flow", "algorithm.kl_form", a.kl_form,
+                   f"is flow_grpo's form for rectified-flow models, and model={cfg.model.name} samples with DDIM: use exact")
         if a.name == "rwr":
             _check(a.weighting in RWR_WEIGHTINGS, "algorithm.weighting", a.weighting, f"must be one of {list(RWR_WEIGHTINGS)}")
             _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0: the temperature of w = exp(A / beta)")

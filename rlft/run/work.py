@@ -32,7 +32,8 @@ def projected_unet_evals(cfg: DictConfig, batched_guidance: bool) -> float:
         fine_tuning = epochs * cfg.data.samples_per_epoch * ((steps - a.truncation_steps) + 4 * a.truncation_steps)
         return cfg_factor * (queries * steps + fine_tuning)
     trained = math.ceil(window * a.get("timestep_fraction", 1.0))
-    per_trained_step = 3 + (1 if a.name == "grpo" and a.get("kl_weight", 0) else 0) + (1 if a.name == "nft" else 0)
+    # GRPO's KL: the base's forward; NFT: the old policy's forward, and the base's for its KL.
+    per_trained_step = 3 + (1 if a.name in ("grpo", "nft") and a.get("kl_weight", 0) else 0) + (1 if a.name == "nft" else 0)
     per_sample = steps + trained * per_trained_step * a.get("num_inner_epochs", 1)
     return epochs * cfg.data.samples_per_epoch * cfg_factor * per_sample
 
