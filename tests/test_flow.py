@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from rlft.diffusion.flow import flow_ode_step, flow_sde_step_with_logprob
+from rlft.diffusion.flow import flow_cps_step_with_logprob, flow_ode_step, flow_sde_step_with_logprob
 from rlft.diffusion.gaussian import gaussian_kl_equal_std
 
 
@@ -136,3 +136,51 @@ def test_bfloat16_inputs_give_float32_math():
     step = flow_sde_step_with_logprob(scheduler, torch.randn(2, 1, 4, 4, dtype=torch.bfloat16), scheduler.timesteps[1],
                                       torch.randn(2, 1, 4, 4, dtype=torch.bfloat16), 0.7)
     assert step.mean.dtype == step.log_prob.dtype == torch.float32
+
+
+def reference_cps_step(sigmas: np.ndarray, i: int, x: np.ndarray, v: np.ndarray, a: float, nxt: np.ndarray):
+    """Flow-CPS written out in float64 from its definition (flow_grpo's sde_type="cps"), with the
+    Gaussian's full log-density (flow_grpo drops its constants)."""
+    sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+    std = sigma_next * math.sin(a * math.pi / 2)
+    x0, x1 = x - sigma * v, x + (1 - sigma) * v
+    mean = (1 - sigma_next) * x0 + math.sqrt(sigma_next**2 - std**2) * x1
+    log_density = -((nxt - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+    return mean, std, log_density
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_cps_matches_float64_reference_and_recomputes_exactly(shift):
+    torch.manual_seed(3)
+    scheduler = make_scheduler(shift=shift)
+    sigmas = scheduler.sigmas.double().numpy()
+    x = torch.randn(3, 4, 8, 8)
+    for i, t in enumerate(scheduler.timesteps[:-1]):  # the last step, into sigma 0, has no noise
+        v = torch.randn(3, 4, 8, 8)
+        step = flow_cps_step_with_logprob(scheduler, v, t, x, noise_level=0.8)
+        mean, std, log_density = reference_cps_step(sigmas, i, x.double().numpy(), v.double().numpy(), 0.8,
+                                                    step.prev_sample.double().numpy())
+        np.testing.assert_allclose(step.mean.numpy(), mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(step.std.flatten().numpy(), std, rtol=1e-6)
+        np.testing.assert_allclose(step.log_prob.numpy(), log_density.reshape(3, -1).mean(1), rtol=1e-5, atol=1e-5)
+        again = flow_cps_step_with_logprob(scheduler, v, t.expand(3), x, 0.8, prev_sample=step.prev_sample)
+        assert torch.equal(again.log_prob, step.log_prob)  # a stored step recomputed, bit for bit
+        x = step.prev_sample
+    with pytest.raises(ValueError, match="no noise and no log-probability"):
+        flow_cps_step_with_logprob(scheduler, v, scheduler.timesteps[-1], x, 0.8)
+
+
+def test_cps_preserves_the_schedules_coefficients():
+    """With the exact velocity (v = eps - x_0 at x = (1 - sigma) x_0 + sigma eps) the next sample is
+    (1 - sigma_next) x_0 + noise of total std sigma_next: the data coefficient and the noise level
+    of the schedule, which the Flow-GRPO SDE step only approximates."""
+    scheduler = make_scheduler(num_steps=10, shift=3.0)
+    g = torch.Generator().manual_seed(4)
+    x0, eps = torch.randn(4000, 1, 1, 1, generator=g), torch.randn(4000, 1, 1, 1, generator=g)
+    i = 4
+    sigma, sigma_next = float(scheduler.sigmas[i]), float(scheduler.sigmas[i + 1])
+    x = (1 - sigma) * x0 + sigma * eps
+    step = flow_cps_step_with_logprob(scheduler, eps - x0, scheduler.timesteps[i], x, 0.8, generator=g)
+    residual = step.prev_sample - (1 - sigma_next) * x0  # what is left is noise
+    assert abs(float(residual.std()) - sigma_next) < 0.03 * sigma_next
+    assert abs(float((residual * x0).mean())) < 0.03  # independent of the data

@@ -12,8 +12,21 @@ sigma (< 0) and the noise level a:
     std  = s * sqrt(-dt)
 
 As `a -> 0` the mean is the Euler step of diffusers' `FlowMatchEulerDiscreteScheduler.step`.
+
+`sde_type=cps`: Flow-CPS, coefficients-preserving sampling (Wang & Yu 2025, flow_grpo's
+`sde_type="cps"`). From the data and noise predictions x0 = x - sigma v, x1 = x + (1 - sigma) v,
+
+    std  = sigma_next * sin(a pi / 2)
+    mean = (1 - sigma_next) x0 + sqrt(sigma_next^2 - std^2) x1
+
+so that x_next = mean + std z keeps the schedule's coefficients: data weight 1 - sigma_next, noise
+of total std sigma_next. The step into sigma_next = 0 has no noise (std = 0): it is deterministic,
+run as an ODE step, never trained on. flow_grpo's CPS log-probability drops every constant
+(-|x_next - mean|^2); here it is the exact Gaussian log-density, like the SDE step's.
 Math in float32 whatever the model's dtype.
 """
+
+import math
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -71,6 +84,40 @@ def flow_sde_step_with_logprob(
             "with no log-probability; RL fine-tuning needs noise_level > 0 (Flow-GRPO's default is 0.7)"
         )
     mean, std = flow_sde_mean_and_std(scheduler, model_output, timestep, sample, noise_level)
+    return gaussian_step(mean, std, prev_sample, generator, reduction)
+
+
+def flow_cps_mean_and_std(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    model_output: torch.Tensor,
+    timestep: float | torch.Tensor,
+    sample: torch.Tensor,
+    noise_level: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow-CPS's Gaussian: mean (B, ...) and std (B, 1, ...), float32."""
+    model_output, sample = model_output.float(), sample.float()
+    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+    sigma, sigma_next = (per_sample(s, sample) for s in step_sigmas(scheduler, t))
+    std = sigma_next * math.sin(noise_level * math.pi / 2)
+    x0 = sample - sigma * model_output
+    x1 = sample + (1 - sigma) * model_output
+    return x0 * (1 - sigma_next) + x1 * torch.sqrt(sigma_next**2 - std**2), std
+
+
+def flow_cps_step_with_logprob(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    model_output: torch.Tensor,
+    timestep: float | torch.Tensor,
+    sample: torch.Tensor,
+    noise_level: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    reduction: str = "mean",
+) -> GaussianStep:
+    """One Flow-CPS step with its exact log-probability (as `flow_sde_step_with_logprob`)."""
+    mean, std = flow_cps_mean_and_std(scheduler, model_output, timestep, sample, noise_level)
+    if not bool((std > 0).all()):
+        raise ValueError("the CPS step into sigma = 0 has no noise and no log-probability: it is a deterministic step")
     return gaussian_step(mean, std, prev_sample, generator, reduction)
 
 

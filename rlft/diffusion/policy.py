@@ -117,7 +117,8 @@ class DiffusionPolicy(nn.Module):
 
     `model` is the family's interface (`rlft.models.base.DiffusionModel`): its text encoders,
     VAE, latent shape, denoiser call and decoding. `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
-    None takes the family's public default. `sde_window`, `deterministic` and `ode_solver`: which
+    None takes the family's public default; `sde_type` (flow): Flow-GRPO's SDE step or Flow-CPS.
+    `sde_window`, `deterministic` and `ode_solver`: which
     steps are stochastic, and the solver of the others (`rlft.diffusion.samplers`). `cfg_gradient`:
     `both` CFG branches carry the gradient, or the `conditional` one only (flow_grpo). `latent_size` (None: the denoiser's own
     sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
@@ -143,6 +144,7 @@ class DiffusionPolicy(nn.Module):
         eta: float | None = None,
         noise_level: float | None = None,
         sde_window: list[int] | None = None,
+        sde_type: str = "sde",
         deterministic: bool = False,
         ode_solver: str = "euler",
         cfg_gradient: str = "both",
@@ -179,7 +181,8 @@ class DiffusionPolicy(nn.Module):
         self.unet_evaluations = 0  # the work done so far, counted by `predict` (work/unet_evals)
         schedule = model.timestep_schedule(num_steps, self.latent_shape(1))
         self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window,
-                                    schedule=schedule, deterministic=deterministic, ode_solver=ode_solver)
+                                    schedule=schedule, sde_type=sde_type, deterministic=deterministic,
+                                    ode_solver=ode_solver)
         if lora_rank:
             self.denoiser.requires_grad_(False)
             self.denoiser.add_adapter(

@@ -14,11 +14,12 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from rlft.diffusion.ddim import check_stochastic, ddim_mean_and_std, ddim_step_with_logprob
-from rlft.diffusion.flow import flow_ode_step, flow_sde_step_with_logprob
+from rlft.diffusion.flow import flow_cps_step_with_logprob, flow_ode_step, flow_sde_step_with_logprob
 from rlft.diffusion.gaussian import GaussianStep
 from rlft.diffusion.ode import ODE_SOLVERS, DPMSolver2, EulerSolver
 
 FAMILIES = {"ddim": DDIMScheduler, "flow": FlowMatchEulerDiscreteScheduler}
+SDE_TYPES = ("sde", "cps")  # the flow models' stochastic step: Flow-GRPO's SDE, or Flow-CPS
 
 
 def check_sde_window(sde_window, num_steps: int) -> range:
@@ -94,22 +95,30 @@ class DDIMSampler(Sampler):
 
 
 class FlowSDESampler(Sampler):
-    """Flow-GRPO's SDE step with `noise_level`; the Euler ODE step outside the SDE window."""
+    """Flow-GRPO's SDE step (`sde_type=sde`) or Flow-CPS (`cps`) with `noise_level`; the Euler ODE
+    step outside the SDE window, and for CPS at the step into sigma = 0 (which has no noise)."""
 
     family = "flow"
 
     def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, noise_level: float = 0.7, sde_window=None,
-                 schedule=None, **options):
+                 schedule=None, sde_type: str = "sde", **options):
         super().__init__(scheduler, num_steps, sde_window, schedule, **options)
         if noise_level <= 0:
             raise ValueError(f"policy.noise_level={noise_level} is invalid: must be > 0 (Flow-GRPO's default is 0.7); "
                              "at 0 the step is the deterministic ODE step, with no log-probability")
-        self.noise_level = noise_level
+        if sde_type not in SDE_TYPES:
+            raise ValueError(f"policy.sde_type={sde_type!r} is invalid: valid are {list(SDE_TYPES)}")
+        self.noise_level, self.sde_type = noise_level, sde_type
+        if sde_type == "cps":
+            last = [i for i in self.window if float(scheduler.sigmas[i + 1]) <= 0]
+            self.window = [i for i in self.window if i not in last]
+            if not self.window and not self.deterministic:
+                raise ValueError("policy.sde_type=cps: the SDE window holds only the step into sigma = 0, which has no "
+                                 "noise under CPS; widen policy.sde_window")
 
     def step(self, model_output, timestep, sample, prev_sample=None, generator=None, reduction="mean") -> GaussianStep:
-        return flow_sde_step_with_logprob(
-            self.scheduler, model_output, timestep, sample, self.noise_level, prev_sample, generator, reduction
-        )
+        step = flow_cps_step_with_logprob if self.sde_type == "cps" else flow_sde_step_with_logprob
+        return step(self.scheduler, model_output, timestep, sample, self.noise_level, prev_sample, generator, reduction)
 
     def ode_step(self, model_output, timestep, sample) -> torch.Tensor:
         return flow_ode_step(self.scheduler, model_output, timestep, sample)
@@ -126,12 +135,15 @@ def family_of(scheduler) -> str:
 
 
 def make_sampler(scheduler, num_steps: int, eta: float | None = None, noise_level: float | None = None,
-                 sde_window=None, schedule: dict | None = None, **options) -> Sampler:
+                 sde_window=None, schedule: dict | None = None, sde_type: str | None = None, **options) -> Sampler:
     """The sampler of the scheduler's family. `eta` belongs to DDIM, `noise_level` to flow
     models; None takes the public default (DDPO's eta 1.0, Flow-GRPO's noise level 0.7).
     `schedule`: extra arguments of the scheduler's `set_timesteps` (`DiffusionModel.timestep_schedule`).
-    `options`: `deterministic`, `ode_solver` (`Sampler`)."""
+    `sde_type` (flow models): `sde` (None) or `cps`. `options`: `deterministic`, `ode_solver` (`Sampler`)."""
     family = family_of(scheduler)
+    if family == "ddim" and sde_type not in (None, "sde"):
+        raise ValueError(f"policy.sde_type={sde_type} is a flow-model step; this model samples with DDIM, whose step "
+                         "(policy.eta) keeps the schedule's coefficients already")
     if family == "ddim":
         if noise_level is not None:
             raise ValueError(f"policy.noise_level={noise_level} is a flow-model setting; this model samples with DDIM "
@@ -140,4 +152,6 @@ def make_sampler(scheduler, num_steps: int, eta: float | None = None, noise_leve
     if eta is not None:
         raise ValueError(f"policy.eta={eta} is a DDIM setting; this model is a rectified-flow model "
                          "(set policy.noise_level instead)")
+    if sde_type is not None:
+        options["sde_type"] = sde_type
     return FlowSDESampler(scheduler, num_steps, 0.7 if noise_level is None else noise_level, sde_window, schedule, **options)

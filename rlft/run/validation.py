@@ -12,7 +12,7 @@ from rlft.algorithms.old_policy import decay_schedule
 from rlft.diffusion.gaussian import KL_FORMS
 from rlft.diffusion.ode import ODE_SOLVERS
 from rlft.diffusion.policy import CFG_GRADIENTS
-from rlft.diffusion.samplers import FAMILIES, check_sde_window
+from rlft.diffusion.samplers import FAMILIES, SDE_TYPES, check_sde_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
 from rlft.rewards.multi import COMBINES, check_components, single_reward_options
@@ -102,6 +102,13 @@ def check_sampler(cfg: DictConfig) -> None:
     _check(solver != "dpm2" or family == "flow", "policy.ode_solver", solver,
            f"is written for rectified-flow models, and model={cfg.model.name} is a {family} model: use euler "
            "(DDIM with eta 0)")
+    sde_type = p.get("sde_type", "sde")
+    _check(sde_type in SDE_TYPES, "policy.sde_type", sde_type, f"must be one of {list(SDE_TYPES)}")
+    _check(sde_type == "sde" or family == "flow", "policy.sde_type", sde_type,
+           f"is a flow-model step, and model={cfg.model.name} samples with DDIM, whose step (policy.eta) keeps the "
+           "schedule's coefficients already: use sde")
+    _check(not (sde_type == "cps" and cfg.algorithm.get("kl_form", "exact") != "exact"), "algorithm.kl_form",
+           cfg.algorithm.get("kl_form"), "must be exact with policy.sde_type=cps (flow_grpo's without_dt form is the SDE step's)")
     _check(p.get("cfg_gradient", "both") in CFG_GRADIENTS, "policy.cfg_gradient", p.get("cfg_gradient"),
            f"must be one of {list(CFG_GRADIENTS)}")
     if p.get("deterministic"):
