@@ -84,3 +84,61 @@ def test_grpo_with_flow_grpos_kl_and_cfg_gradient_through_the_cli(tiny_flow_mode
              "model.guidance_scale=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     scalars = finite_and_documented(run_dir)
     assert scalars["train/kl"][-1][1] > 0  # the second epoch's policy has moved from the base
+
+
+def flow_factory_guard_ratio(log_prob, old_log_prob, mean, old_mean, std_dev_t, dt):
+    """Flow-Factory's GRPOGuardTrainer: scale = sqrt(-dt) * std_dev_t, mse over the elements,
+    ratio = exp((log_prob - old_log_prob) * scale + mse / (2 * scale))."""
+    scale = torch.sqrt(-dt) * std_dev_t
+    mse = (mean - old_mean).flatten(1).pow(2).mean(dim=1)
+    return torch.exp((log_prob - old_log_prob) * scale + mse / (2 * scale))
+
+
+def test_the_guard_ratio_is_flow_factorys_and_removes_the_ratios_bias():
+    from rlft.algorithms.grpo import guard_log_ratio
+    from rlft.diffusion.flow import flow_sde_step_with_logprob
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(10)
+    g = torch.Generator().manual_seed(5)
+    x, v = torch.randn(2000, 1, 2, 2, generator=g), torch.randn(2000, 1, 2, 2, generator=g)
+    t = scheduler.timesteps[3]
+    old = flow_sde_step_with_logprob(scheduler, v, t, x, 0.7, generator=g)  # sampled by the old policy
+    v_new = v + 0.3 * torch.randn(2000, 1, 2, 2, generator=g)  # the policy has moved
+    new = flow_sde_step_with_logprob(scheduler, v_new, t.expand(2000), x, 0.7, prev_sample=old.prev_sample)
+    got = guard_log_ratio(new.log_prob, old.log_prob, new.mean, old.mean, new.std, "mean")
+    sigma, sigma_next = step_sigmas(scheduler, t.expand(2000))
+    std_dev_t = flow_grpo_std_dev_t(float(sigma[0]), float(scheduler.sigmas[1]), 0.7)
+    want = flow_factory_guard_ratio(new.log_prob, old.log_prob, new.mean, old.mean, torch.tensor(std_dev_t),
+                                    sigma_next - sigma)
+    torch.testing.assert_close(got.exp(), want, rtol=1e-4, atol=1e-6)
+    # Written here: it is <eps, mean - mean_old> averaged over the elements, eps the sampled step's noise.
+    eps = (old.prev_sample - old.mean) / old.std
+    torch.testing.assert_close(got, (eps * (new.mean - old.mean)).mean(dim=(1, 2, 3)), rtol=1e-3, atol=1e-5)
+    # The plain log-ratio is that over s, minus the KL |d|^2 / (2 s^2): biased below 0 (eps has mean 0).
+    s = new.std.flatten()
+    drift = new.mean - old.mean
+    plain = new.log_prob - old.log_prob
+    torch.testing.assert_close(plain, (eps * drift).mean(dim=(1, 2, 3)) / s - (drift**2).mean(dim=(1, 2, 3)) / (2 * s**2),
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_the_sampler_keeps_each_steps_mean_for_the_guard():
+    policy = DiffusionPolicy(**tiny_components("flow"), num_steps=3, guidance_scale=1.0, lora_rank=2)
+    policy.record_means = True
+    traj = policy.sample(["a 3", "a 7"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for j in range(3):
+            step = policy.transition(traj.latents[:, j], traj.next_latents[:, j], traj.timesteps[:, j], traj.prompt_embeds)
+            assert torch.equal(step.mean, traj.means[:, j])
+
+
+def test_grpo_guard_through_the_cli(tiny_flow_model_dir, tmp_path):
+    from tests.test_end_to_end import FAMILY_RUN, finite_and_documented, run_rlft
+
+    run_dir = tmp_path / "run"
+    run_rlft("model=digits_flow", f"model.pretrained={tiny_flow_model_dir}", "algorithm=grpo", *FAMILY_RUN,
+             "algorithm.group_size=4", "algorithm.guard=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    scalars = finite_and_documented(run_dir)
+    # At the first update the weights are the sampling ones: the stored means recompute exactly, ratio 1.
+    assert [v for _, v in scalars["train/approx_kl_first_update"]][0] == 0

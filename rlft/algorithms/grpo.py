@@ -12,6 +12,10 @@ one frozen copy of the untrained parameters).
 term as its `train_sd3.py` at ac4c86e8 writes it, `mean((mean - mean_ref)^2) / (2 std_dev_t^2)` with
 `std_dev_t` the flow step's noise scale without the step's `sqrt(sigma - sigma_next)`, i.e. the exact
 KL times `sigma - sigma_next`: the form under which a published `beta` means what it says.
+
+`guard`: GRPO-Guard's ratio normalisation (Wang et al. 2025, arXiv 2510.22319, as Flow-Factory's
+`GRPOGuardTrainer` computes it), `guard_log_ratio`, for the over-optimisation that the SDE step's
+negatively biased ratios drive.
 """
 
 import torch
@@ -20,7 +24,7 @@ from rlft.algorithms.pipeline import MicroBatch
 from rlft.algorithms.ppo import PPO
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.diffusion.flow import step_sigmas
-from rlft.diffusion.gaussian import KL_FORMS, gaussian_kl_equal_std, kl_std
+from rlft.diffusion.gaussian import KL_FORMS, gaussian_kl_equal_std, kl_std, reduce_over_sample
 from rlft.diffusion.reference import base_reference
 
 
@@ -37,9 +41,24 @@ def grpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: to
     return loss, stats
 
 
+def guard_log_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mean: torch.Tensor, old_mean: torch.Tensor,
+                    std: torch.Tensor, reduction: str) -> torch.Tensor:
+    """GRPO-Guard's log-ratio, (B,): (logp - logp_old) * s + |mean - mean_old|^2 / (2 s), s the step's
+    std, the squared drift reduced like the log-probability. The plain log-ratio of a sampled step is
+    -<eps, d> / s - |d|^2 / (2 s^2) (d = mean - mean_old, eps the step's noise): biased below 0 by the
+    KL and scaled by 1 / s, which varies across steps. This one is -<eps, d>: mean 0 whatever the
+    drift, and the same scale at every step."""
+    s = std.flatten(1)[:, 0]
+    drift = reduce_over_sample((mean - old_mean.detach()) ** 2, reduction)
+    return (log_prob - old_log_prob.detach()) * s + drift / (2 * s)
+
+
 class GRPO(PPO):
-    def __init__(self, group_size: int = 8, kl_weight: float = 0.04, kl_form: str = "exact", **kwargs):
+    def __init__(self, group_size: int = 8, kl_weight: float = 0.04, kl_form: str = "exact", guard: bool = False,
+                 **kwargs):
         super().__init__(group_size=group_size, **kwargs)
+        self.guard = guard
+        self.policy.record_means = guard  # the ratio's normalisation needs each step's sampling-time mean
         if kl_form not in KL_FORMS:
             raise ValueError(f"algorithm.kl_form={kl_form!r} is not a form: valid are {list(KL_FORMS)}")
         if kl_form == "without_dt" and self.policy.family != "flow":
@@ -55,5 +74,9 @@ class GRPO(PPO):
         std = step.std
         if ref is not None and self.kl_form != "exact":
             std = kl_std(step.std, *step_sigmas(self.policy.scheduler, mb.timesteps), self.kl_form)
-        return grpo_loss(step.log_prob, mb.old_log_probs, mb.advantages, step.mean, ref.mean if ref else None,
+        log_prob, old_log_prob = step.log_prob, mb.old_log_probs
+        if self.guard:  # the clipped loss then sees the normalised log-ratio
+            log_prob = guard_log_ratio(log_prob, old_log_prob, step.mean, mb.old_means, step.std, self.policy.reduction)
+            old_log_prob = torch.zeros_like(log_prob)
+        return grpo_loss(log_prob, old_log_prob, mb.advantages, step.mean, ref.mean if ref else None,
                          std, self.clip_range, self.kl_weight, self.policy.reduction, self.max_log_ratio)

@@ -55,6 +55,7 @@ class MicroBatch:
     embeds: PromptEmbeds
     advantages: torch.Tensor  # (b,): advantages, or RWR's weights
     final_latents: torch.Tensor
+    old_means: torch.Tensor | None = None  # the step's mean at sampling time (policy.record_means: GRPO-Guard)
 
 
 class OnlineRL(L.LightningModule):
@@ -371,13 +372,15 @@ class OnlineRL(L.LightningModule):
             pick = lambda x: x[rows][torch.arange(batch, device=self.device)[:, None], order]  # (B, T, ...) -> (B, train_steps, ...)
             latents, next_latents = pick(traj.latents), pick(traj.next_latents)
             old_log_probs, timesteps = pick(traj.log_probs), pick(traj.timesteps)
+            means = pick(traj.means) if traj.means is not None else None
             embeds, adv, final = traj.prompt_embeds[rows], advantages[rows], traj.final_latents[rows]
             for start in range(0, batch, self.train_batch_size):
                 stop_if_requested(self.trainer)
                 mb = slice(start, start + self.train_batch_size)
                 for j in range(train_steps):
                     loss, step_stats = self.loss(MicroBatch(latents[mb, j], next_latents[mb, j], timesteps[mb, j],
-                                                            old_log_probs[mb, j], embeds[mb], adv[mb], final[mb]))
+                                                            old_log_probs[mb, j], embeds[mb], adv[mb], final[mb],
+                                                            None if means is None else means[mb, j]))
                     passes += 1
                     with grad_sync(self.trainer, sync=passes % window == 0):  # DDP: one all-reduce per step
                         self.manual_backward(loss / window)

@@ -96,6 +96,7 @@ class Trajectories:
     timesteps: torch.Tensor  # (B, T)
     images: torch.Tensor | None  # (B, C, H', W') in [0, 1]; None until decoded (`sample(decode=False)`)
     final_latents: torch.Tensor  # (B, *latent): the clean sample x_0 that `images` decode (DiffusionNFT trains on it)
+    means: torch.Tensor | None = None  # (B, T, *latent): each step's Gaussian mean, kept when `record_means` (GRPO-Guard)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -109,6 +110,7 @@ class Trajectories:
                 name: torch.cat([getattr(part, name) for part in parts])
                 for name in ("latents", "next_latents", "log_probs", "timesteps", "images", "final_latents")
             },
+            means=None if parts[0].means is None else torch.cat([part.means for part in parts]),
         )
 
 
@@ -179,6 +181,7 @@ class DiffusionPolicy(nn.Module):
         self.reduction = reduction
         self.latent_size = latent_size or model.default_latent_size(denoiser)  # e.g. 64 for SD3 at 512x512
         self.unet_evaluations = 0  # the work done so far, counted by `predict` (work/unet_evals)
+        self.record_means = False  # `sample` keeps each stochastic step's mean (GRPO-Guard needs the sampling-time ones)
         schedule = model.timestep_schedule(num_steps, self.latent_shape(1))
         self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window,
                                     schedule=schedule, sde_type=sde_type, deterministic=deterministic,
@@ -329,7 +332,7 @@ class DiffusionPolicy(nn.Module):
         (`rlft.algorithms.scored_sampling`: behind the next chunk's sampling)."""
         embeds = self.encode_prompts(prompts)
         x = self.initial_latents(len(prompts), generator)
-        latents, next_latents, log_probs, recorded = [], [], [], []
+        latents, next_latents, log_probs, recorded, means = [], [], [], [], []
         timesteps = self.sampler.timesteps.to(x.device)
         solver = self.sampler.ode_solver()
         # A deterministic sampler records every step (DiffusionNFT trains on their timesteps), with
@@ -340,15 +343,17 @@ class DiffusionPolicy(nn.Module):
             if self.sampler.is_stochastic(i):
                 solver.observe(prediction, t, x)
                 step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
-                x_next, log_prob = step.prev_sample, step.log_prob
+                x_next, log_prob, mean = step.prev_sample, step.log_prob, step.mean
             else:
-                x_next = solver.step(prediction, t, x)
+                x_next = mean = solver.step(prediction, t, x)
                 log_prob = x.new_full((len(x),), float("nan"), dtype=torch.float32)
             if record_all or self.sampler.is_stochastic(i):
                 latents.append(x)
                 next_latents.append(x_next)
                 log_probs.append(log_prob)
                 recorded.append(t)
+                if self.record_means:
+                    means.append(mean)
             x = x_next
         return Trajectories(
             prompts=list(prompts),
@@ -359,6 +364,7 @@ class DiffusionPolicy(nn.Module):
             timesteps=torch.stack(recorded).unsqueeze(0).expand(len(prompts), -1),
             images=self.decode(x) if decode else None,
             final_latents=x,
+            means=torch.stack(means, dim=1) if self.record_means else None,
         )
 
     def sample_with_grad(

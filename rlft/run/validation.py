@@ -248,6 +248,8 @@ def validate(cfg: DictConfig) -> None:
                    f"must be a multiple of algorithm.group_size={a.group_size} (whole groups of one prompt each)")
         if "kl_weight" in a:
             _check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0 (0: no KL term)")
+        if "guard" in a:
+            _check(isinstance(a.guard, bool), "algorithm.guard", a.guard, "must be true or false")
         if "kl_form" in a:
             _check(a.kl_form in KL_FORMS, "algorithm.kl_form", a.kl_form, f"must be one of {list(KL_FORMS)}")
             _check(a.kl_form == "exact" or cfg.model.get("family", "ddim") == "flow", "algorithm.kl_form", a.kl_form,
