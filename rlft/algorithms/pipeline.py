@@ -176,6 +176,7 @@ class OnlineRL(L.LightningModule):
         contiguous shard; rewards are gathered, so advantages and the per-prompt statistics
         are those of the global batch, the same on every rank."""
         t0 = time.perf_counter()
+        self.policy.move_window(self.current_epoch)  # MixGRPO's sliding window (policy.sde_window_shift)
         rank, world = rank_and_world(self.trainer)
         mine = shard(len(prompts), rank, world)
         with self.sampling_weights():
@@ -225,6 +226,8 @@ class OnlineRL(L.LightningModule):
             "reward/max": finite.max(),
             **self.component_metrics(parts),
             **self.rollout_log_prob(trajectories, world),
+            **({"rollout/sde_window_start": float(self.policy.sampler.window[0])}
+               if self.policy.sde_window_shift is not None else {}),
             "oracle/queries": float(self.oracle_queries),
             "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
             **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1,

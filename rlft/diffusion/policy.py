@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rlft.diffusion.gaussian import GaussianStep, gaussian_kl_equal_std
-from rlft.diffusion.samplers import make_sampler
+from rlft.diffusion.samplers import make_sampler, shifted_window
 
 
 # Which branches of classifier-free guidance a gradient flows through: both (the exact gradient of
@@ -120,7 +120,7 @@ class DiffusionPolicy(nn.Module):
     `model` is the family's interface (`rlft.models.base.DiffusionModel`): its text encoders,
     VAE, latent shape, denoiser call and decoding. `eta` (DDIM) and `noise_level` (flow) set the stochastic step's noise:
     None takes the family's public default; `sde_type` (flow): Flow-GRPO's SDE step or Flow-CPS.
-    `sde_window`, `deterministic` and `ode_solver`: which
+    `sde_window` (with `sde_window_shift`, MixGRPO's moving window), `deterministic` and `ode_solver`: which
     steps are stochastic, and the solver of the others (`rlft.diffusion.samplers`). `cfg_gradient`:
     `both` CFG branches carry the gradient, or the `conditional` one only (flow_grpo). `latent_size` (None: the denoiser's own
     sample_size) sets the resolution sampled at. `base`: the loader's fingerprint of the
@@ -146,6 +146,7 @@ class DiffusionPolicy(nn.Module):
         eta: float | None = None,
         noise_level: float | None = None,
         sde_window: list[int] | None = None,
+        sde_window_shift: dict | None = None,
         sde_type: str = "sde",
         deterministic: bool = False,
         ode_solver: str = "euler",
@@ -183,6 +184,11 @@ class DiffusionPolicy(nn.Module):
         self.unet_evaluations = 0  # the work done so far, counted by `predict` (work/unet_evals)
         self.record_means = False  # `sample` keeps each stochastic step's mean (GRPO-Guard needs the sampling-time ones)
         schedule = model.timestep_schedule(num_steps, self.latent_shape(1))
+        self.sde_window = None if sde_window is None else list(sde_window)
+        self.sde_window_shift = None if sde_window_shift is None else {k: sde_window_shift[k] for k in ("every", "stride")}
+        if self.sde_window_shift is not None and sde_window is None:
+            raise ValueError("policy.sde_window_shift moves the SDE window: set policy.sde_window=[start, stop] (its first "
+                             "position; MixGRPO: [0, 4])")
         self.sampler = make_sampler(scheduler, num_steps, eta=eta, noise_level=noise_level, sde_window=sde_window,
                                     schedule=schedule, sde_type=sde_type, deterministic=deterministic,
                                     ode_solver=ode_solver)
@@ -211,6 +217,11 @@ class DiffusionPolicy(nn.Module):
         uncond = self.encode_prompts([negative_prompt])
         for name, value in zip(("uncond_tokens", "uncond_pooled", "uncond_mask"), uncond.fields()):
             self.register_buffer(name, value, persistent=False)
+
+    def move_window(self, epoch: int) -> None:
+        """MixGRPO: the SDE window of `epoch` (`sde_window_shift`); nothing without a shift."""
+        if self.sde_window_shift is not None:
+            self.sampler.set_window(shifted_window(self.sde_window, epoch, **self.sde_window_shift))
 
     def compile_denoiser(self, options: dict) -> None:
         """torch.compile the denoiser in place (`nn.Module.compile`: its state dict, LoRA

@@ -8,6 +8,10 @@ algorithms train on. The other steps are deterministic (the Euler ODE step of a 
 eta = 0 DDIM, or the second-order `dpm2`: `rlft.diffusion.ode`) and are never trained on, as in
 Flow-GRPO-Fast and MixGRPO: training cost falls with the window's length. `deterministic`: no
 step is stochastic (DiffusionNFT's sampler: its loss needs no log-probability).
+
+MixGRPO's sliding window (`policy.sde_window_shift={every, stride}`): the window moves `stride`
+steps later every `every` epochs (`shifted_window`), its progressive schedule
+(Tencent-Hunyuan/MixGRPO `fastvideo/utils/grpo_states.py`).
 """
 
 import torch
@@ -35,6 +39,14 @@ def check_sde_window(sde_window, num_steps: int) -> range:
     return range(*window)
 
 
+def shifted_window(sde_window, epoch: int, every: int, stride: int) -> list[int]:
+    """MixGRPO's progressive window at `epoch`: [start, stop] moved `stride` steps later every
+    `every` epochs (its `iters_per_group` and `prog_overlap_step`; stride = the window's size is its
+    default, non-overlapping, schedule)."""
+    offset = stride * (epoch // every)
+    return [sde_window[0] + offset, sde_window[1] + offset]
+
+
 class Sampler:
     """A scheduler's sampling chain: `timesteps` (T,), which steps are stochastic, and the
     two steps (`step`: a Gaussian with log-probability; `ode_step`: deterministic)."""
@@ -49,14 +61,18 @@ class Sampler:
         if deterministic and sde_window is not None:
             raise ValueError(f"policy.sde_window={list(sde_window)} with policy.deterministic=true: a deterministic "
                              "sampler has no stochastic step; set one of them (sde_window=null)")
-        self.deterministic = deterministic
-        self.window = range(0) if deterministic else check_sde_window(sde_window, num_steps)
+        self.deterministic, self.num_steps = deterministic, num_steps
+        self.set_window(sde_window)
         if ode_solver not in ODE_SOLVERS:
             raise ValueError(f"policy.ode_solver={ode_solver!r} is not a solver: valid are {list(ODE_SOLVERS)}")
         if ode_solver == "dpm2" and self.family != "flow":
             raise ValueError("policy.ode_solver=dpm2 is written for rectified-flow models; this model samples with DDIM "
                              "(use policy.ode_solver=euler: DDIM with eta 0)")
         self.ode_solver_name = ode_solver
+
+    def set_window(self, sde_window) -> None:
+        """Which steps are stochastic from now on (MixGRPO's window moves between epochs)."""
+        self.window = range(0) if self.deterministic else check_sde_window(sde_window, self.num_steps)
 
     def ode_solver(self):
         """A fresh deterministic solver for one batch of trajectories (`rlft.diffusion.ode`)."""
@@ -109,9 +125,12 @@ class FlowSDESampler(Sampler):
         if sde_type not in SDE_TYPES:
             raise ValueError(f"policy.sde_type={sde_type!r} is invalid: valid are {list(SDE_TYPES)}")
         self.noise_level, self.sde_type = noise_level, sde_type
-        if sde_type == "cps":
-            last = [i for i in self.window if float(scheduler.sigmas[i + 1]) <= 0]
-            self.window = [i for i in self.window if i not in last]
+        self.set_window(sde_window)
+
+    def set_window(self, sde_window) -> None:
+        super().set_window(sde_window)
+        if getattr(self, "sde_type", "sde") == "cps":  # its step into sigma = 0 has no noise: deterministic
+            self.window = [i for i in self.window if float(self.scheduler.sigmas[i + 1]) > 0]
             if not self.window and not self.deterministic:
                 raise ValueError("policy.sde_type=cps: the SDE window holds only the step into sigma = 0, which has no "
                                  "noise under CPS; widen policy.sde_window")

@@ -12,7 +12,7 @@ from rlft.algorithms.old_policy import decay_schedule
 from rlft.diffusion.gaussian import KL_FORMS
 from rlft.diffusion.ode import ODE_SOLVERS
 from rlft.diffusion.policy import CFG_GRADIENTS
-from rlft.diffusion.samplers import FAMILIES, SDE_TYPES, check_sde_window
+from rlft.diffusion.samplers import FAMILIES, SDE_TYPES, check_sde_window, shifted_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
 from rlft.rewards.multi import COMBINES, check_components, single_reward_options
@@ -97,6 +97,19 @@ def check_sampler(cfg: DictConfig) -> None:
         check_sde_window(None if p.sde_window is None else list(p.sde_window), p.num_steps)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    shift = p.get("sde_window_shift")
+    if shift is not None:
+        _check(p.sde_window is not None, "policy.sde_window_shift", dict(shift),
+               "moves the SDE window: set policy.sde_window=[start, stop] too (its first position; MixGRPO: [0, 4])")
+        _check(set(shift) == {"every", "stride"} and all(isinstance(shift[k], int) and shift[k] >= 1 for k in shift),
+               "policy.sde_window_shift", dict(shift), "must be {every: epochs >= 1, stride: steps >= 1}")
+        _check(cfg.algorithm.get("pipeline") == "online", "policy.sde_window_shift", dict(shift),
+               f"moves the window between the epochs of the sampling-based algorithms; algorithm={cfg.algorithm.name} "
+               "does not move it")
+        last = shifted_window(list(p.sde_window), cfg.trainer.max_epochs - 1, shift.every, shift.stride)
+        _check(last[1] <= p.num_steps, "policy.sde_window_shift", dict(shift),
+               f"moves policy.sde_window={list(p.sde_window)} to {last} by the last epoch ({cfg.trainer.max_epochs - 1}), "
+               f"past policy.num_steps={p.num_steps}: shift less often or by less, or train fewer epochs")
     solver = p.get("ode_solver", "euler")
     _check(solver in ODE_SOLVERS, "policy.ode_solver", solver, f"must be one of {list(ODE_SOLVERS)}")
     _check(solver != "dpm2" or family == "flow", "policy.ode_solver", solver,
