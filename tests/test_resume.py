@@ -86,13 +86,15 @@ def test_ppo_interrupted_mid_epoch_resumes_exactly(model_dir, tmp_path, signum):
     assert scalars["time/elapsed_s"][-1][1] == pytest.approx(epochs, rel=1e-5)
 
 
-@pytest.mark.parametrize("algorithm,family", [("grpo", "ddim"), ("nft", "flow")])
+@pytest.mark.parametrize("algorithm,family", [("grpo", "ddim"), ("nft", "flow"), ("awm", "flow")])
 def test_the_other_algorithms_resume_exactly_on_the_shared_pipeline(algorithm, family, tmp_path):
-    """GRPO (grouped epochs, the base as KL reference) and DiffusionNFT (a snapshot adapter of
-    the sampling policy, forward noise from the global RNG) stopped mid-epoch and resumed."""
+    """GRPO (grouped epochs, the base as KL reference), DiffusionNFT (its old adapter, EMA and step
+    count, forward noise from the global RNG) and AWM (its EMA adapter, training times and noise)
+    stopped mid-epoch and resumed."""
     model = save_tiny_model(tmp_path / "model", family)
     flow = ["model=digits_flow"] if family == "flow" else []
-    common = [*flow, f"model.pretrained={model}", f"algorithm={algorithm}", *PPO_RUN, "algorithm.group_size=4"]
+    times = ["algorithm.train_timesteps=2", "algorithm.timestep_fraction=1.0"] if algorithm == "awm" else []
+    common = [*flow, f"model.pretrained={model}", f"algorithm={algorithm}", *PPO_RUN, "algorithm.group_size=4", *times]
     rlft(tmp_path / "reference", tmp_path / "reference.log", *common)
     run, log = tmp_path / "run", tmp_path / "run.log"
     rlft(run, log, *common, "+reward.at_call=4", "+reward.batch_size=4", "+reward.signum=SIGTERM", expect=143)

@@ -15,7 +15,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import lightning as L
 import torch
@@ -353,21 +353,15 @@ class OnlineRL(L.LightningModule):
         with one pass per trained timestep."""
         return self.gradient_accumulation_steps * train_steps
 
-    def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
-        """`num_inner_epochs` over the batch; one optimiser step per `accumulation_window`
-        backward passes, one pass per micro-batch and trained timestep."""
-        optimizer = self.optimizers()
+    def trained_steps(self, num_steps: int) -> int:
+        """Timesteps trained per trajectory and micro-batch: `timestep_fraction` of the sampled steps."""
+        return max(1, int(num_steps * self.timestep_fraction))
+
+    def training_passes(self, traj: Trajectories, advantages: torch.Tensor, train_steps: int) -> Iterator[MicroBatch]:
+        """The update's passes in order, one micro-batch at one trained timestep per trajectory:
+        `num_inner_epochs` over the shuffled batch, each trajectory with its own shuffled order of
+        timesteps. A safe point to stop before each micro-batch."""
         batch, num_steps = traj.log_probs.shape
-        train_steps = max(1, int(num_steps * self.timestep_fraction))
-        window = self.accumulation_window(batch, train_steps)
-        stats, first_update = defaultdict(list), defaultdict(list)
-        show = self.progress and self.trainer.is_global_zero
-        passes = 0
-        self.epoch_steps = self.epoch_skipped_steps = 0
-        bar = tqdm(
-            total=self.num_inner_epochs * math.ceil(batch / self.train_batch_size) * train_steps,
-            desc="training", leave=False, disable=None if show else True,
-        )
         for _ in range(self.num_inner_epochs):
             rows = torch.randperm(batch, device=self.device)
             # Each trajectory gets its own order of timesteps; the first `train_steps` are trained.
@@ -381,20 +375,37 @@ class OnlineRL(L.LightningModule):
                 stop_if_requested(self.trainer)
                 mb = slice(start, start + self.train_batch_size)
                 for j in range(train_steps):
-                    loss, step_stats = self.loss(MicroBatch(latents[mb, j], next_latents[mb, j], timesteps[mb, j],
-                                                            old_log_probs[mb, j], embeds[mb], adv[mb], final[mb],
-                                                            None if means is None else means[mb, j]))
-                    passes += 1
-                    with grad_sync(self.trainer, sync=passes % window == 0):  # DDP: one all-reduce per step
-                        self.manual_backward(loss / window)
-                    record = {"loss": loss.detach(), **step_stats}
-                    for k, v in record.items():
-                        stats[k].append(v)
-                        if passes <= window:  # weights still those that sampled the batch
-                            first_update[k].append(v)
-                    if passes % window == 0:
-                        stats["grad_norm"].append(self.optimizer_step(optimizer))
-                    bar.update()
+                    yield MicroBatch(latents[mb, j], next_latents[mb, j], timesteps[mb, j], old_log_probs[mb, j],
+                                     embeds[mb], adv[mb], final[mb], None if means is None else means[mb, j])
+
+    def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
+        """`training_passes` with one backward each; one optimiser step per `accumulation_window`
+        backward passes."""
+        optimizer = self.optimizers()
+        batch, num_steps = traj.log_probs.shape
+        train_steps = self.trained_steps(num_steps)
+        window = self.accumulation_window(batch, train_steps)
+        stats, first_update = defaultdict(list), defaultdict(list)
+        show = self.progress and self.trainer.is_global_zero
+        passes = 0
+        self.epoch_steps = self.epoch_skipped_steps = 0
+        bar = tqdm(
+            total=self.num_inner_epochs * math.ceil(batch / self.train_batch_size) * train_steps,
+            desc="training", leave=False, disable=None if show else True,
+        )
+        for micro_batch in self.training_passes(traj, advantages, train_steps):
+            loss, step_stats = self.loss(micro_batch)
+            passes += 1
+            with grad_sync(self.trainer, sync=passes % window == 0):  # DDP: one all-reduce per step
+                self.manual_backward(loss / window)
+            record = {"loss": loss.detach(), **step_stats}
+            for k, v in record.items():
+                stats[k].append(v)
+                if passes <= window:  # weights still those that sampled the batch
+                    first_update[k].append(v)
+            if passes % window == 0:
+                stats["grad_norm"].append(self.optimizer_step(optimizer))
+            bar.update()
         bar.close()
         # Means (the maximum for `max_stats`) over this rank's passes, then over the ranks.
         out = {f"train/{k}": torch.stack(values).float().max() if k in self.max_stats else finite_mean(values)

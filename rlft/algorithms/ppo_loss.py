@@ -44,7 +44,9 @@ def ppo_clip_loss(
 
     with torch.no_grad():
         # |r - 1| > eps, decided on the log-ratio so that it holds for ratios exp cannot hold.
-        outside = (log_ratio > math.log1p(clip_range)) | (log_ratio < math.log1p(-clip_range))
+        # (clip_range 1, AWM's: the lower bound is a ratio of 0, which no finite log-ratio is below)
+        lower = math.log1p(-clip_range) if clip_range < 1 else -math.inf
+        outside = (log_ratio > math.log1p(clip_range)) | (log_ratio < lower)
         stats = PPOStats(
             approx_kl=0.5 * (log_ratio**2).mean(),
             clipfrac=outside.float().mean(),

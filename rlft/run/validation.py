@@ -19,7 +19,9 @@ from rlft.rewards.multi import COMBINES, check_components, single_reward_options
 from rlft.rewards.ocr import ocr_target
 from rlft.run.config import CONFIG_DIR
 
-RWR_WEIGHTINGS = ("exp", "sparse")  # rlft.algorithms.rwr (named here, where the config is checked before import)
+RWR_WEIGHTINGS = ("exp", "sparse")
+AWM_WEIGHTINGS = ("uniform", "t", "t**2", "huber", "ghuber")  # rlft.algorithms.awm
+AWM_TIME_TYPES = ("discrete", "discrete_wo_init")  # rlft.algorithms.rwr (named here, where the config is checked before import)
 
 
 class ConfigError(ValueError):
@@ -128,9 +130,9 @@ def check_sampler(cfg: DictConfig) -> None:
         _check(p.sde_window is None, "policy.sde_window", p.sde_window,
                "must be null with policy.deterministic=true: a deterministic sampler has no stochastic step")
         name = cfg.algorithm.name
-        _check(name == "nft", "policy.deterministic", True,
+        _check(name in ("nft", "awm"), "policy.deterministic", True,
                f"samples without noise, so no step has a log-probability, and algorithm={name} trains on "
-               f"log-probabilities: only algorithm=nft (likelihood-free) trains on deterministic samples")
+               f"log-probabilities: only algorithm=nft and awm (trained on the forward process) take deterministic samples")
 
 
 def check_rewards(cfg: DictConfig) -> None:
@@ -196,8 +198,8 @@ def validate(cfg: DictConfig) -> None:
     _check(p.reduction in ("mean", "sum"), "policy.reduction", p.reduction, "must be mean or sum (reduction=mean|sum)")
     _check(p.lora_rank is None or p.lora_rank >= 1, "policy.lora_rank", p.lora_rank, "must be >= 1, or null for full fine-tuning")
     family = cfg.model.get("family", "ddim")
-    _check(cfg.algorithm.name != "nft" or family == "flow", "algorithm", cfg.algorithm.name,
-           f"DiffusionNFT trains rectified-flow models (model.family=flow) on their forward process, and "
+    _check(cfg.algorithm.name not in ("nft", "awm") or family == "flow", "algorithm", cfg.algorithm.name,
+           f"{'DiffusionNFT' if cfg.algorithm.name == 'nft' else 'AWM'} trains rectified-flow models (model.family=flow) on their forward process, and "
            f"model={cfg.model.name} is a {family} model: use model=digits_flow (or another flow "
            f"model: sd3, sd35_*, flux_*, flux2_klein_4b, qwen_image, wan*), or algorithm=ppo, grpo, ddpo_sf, rwr or seiko on this model")
     check_sampler(cfg)  # after: an algorithm's sampler (nft's dpm2) belongs to its model family
@@ -243,7 +245,7 @@ def validate(cfg: DictConfig) -> None:
     _check(m.max_grad_norm > 0, where("max_grad_norm"), m.max_grad_norm, "must be > 0")
     if a.get("pipeline") == "online":  # conf/algorithm/base/online.yaml: rlft.algorithms.pipeline
         d = cfg.data
-        if "clip_range" in a:
+        if "clip_range" in a and a.name != "awm":
             _check(0 < a.clip_range < 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1)")
         if "max_log_ratio" in a:
             _check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
@@ -267,6 +269,21 @@ def validate(cfg: DictConfig) -> None:
             _check(a.kl_form in KL_FORMS, "algorithm.kl_form", a.kl_form, f"must be one of {list(KL_FORMS)}")
             _check(a.kl_form == "exact" or cfg.model.get("family", "ddim") == "flow", "algorithm.kl_form", a.kl_form,
                    f"is flow_grpo's form for rectified-flow models, and model={cfg.model.name} samples with DDIM: use exact")
+        if a.name == "awm":
+            _check(a.weighting in AWM_WEIGHTINGS, "algorithm.weighting", a.weighting, f"must be one of {list(AWM_WEIGHTINGS)}")
+            _check(a.time_type in AWM_TIME_TYPES, "algorithm.time_type", a.time_type, f"must be one of {list(AWM_TIME_TYPES)}")
+            available = int(p.num_steps * a.timestep_fraction) - (a.time_type == "discrete_wo_init")
+            _check(isinstance(a.train_timesteps, int) and 1 <= a.train_timesteps <= available, "algorithm.train_timesteps",
+                   a.train_timesteps, f"must be an integer in [1, {available}]: one time from each stratum of the "
+                   f"first int(timestep_fraction * policy.num_steps) steps")
+            _check(0 < a.clip_range <= 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1] (public: 1)")
+            _check(a.advantage_max > 0, "algorithm.advantage_max", a.advantage_max, "must be > 0")
+            _check(a.ema_kl_weight >= 0, "algorithm.ema_kl_weight", a.ema_kl_weight, "must be >= 0 (0: no EMA term)")
+            _check(0 <= a.ema_kl_max_decay < 1, "algorithm.ema_kl_max_decay", a.ema_kl_max_decay, "must be in [0, 1)")
+            ema = a.get("ema_decay")
+            _check(ema is None or 0 <= ema < 1, "algorithm.ema_decay", ema, "must be in [0, 1) (public: 0.99), or null")
+            _check(p.guidance_scale == 1, "policy.guidance_scale", p.guidance_scale,
+                   "must be 1 for algorithm=awm: the public runs train and sample the conditional velocity")
         if a.name == "rwr":
             _check(a.weighting in RWR_WEIGHTINGS, "algorithm.weighting", a.weighting, f"must be one of {list(RWR_WEIGHTINGS)}")
             _check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0: the temperature of w = exp(A / beta)")
