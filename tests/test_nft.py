@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from rlft.algorithms.nft import ema_weights, evaluation_ema, nft_loss, optimality_probability
+from rlft.algorithms.evaluation_ema import ema_weights, evaluation_ema
+from rlft.algorithms.nft import nft_loss, optimality_probability
 from rlft.algorithms.old_policy import DECAY_TYPES, decay_schedule, old_policy_decay
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.diffusion.reference import snapshot

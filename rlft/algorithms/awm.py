@@ -15,7 +15,8 @@ strata of its first `timestep_fraction` (the public `discrete`; `discrete_wo_ini
 step out), the same for every sample of a micro-batch. Regularisers as published: `kl_weight`
 times `mean |v_theta - v_base|^2` to the base, and `ema_kl_weight` times `mean |v_theta - v_ema|^2`
 to an adapter that follows the trained weights after each epoch (`ema <- d ema + (1 - d) theta`,
-d = min(0.001 * step, `ema_kl_max_decay`)). The advantages are clipped to `adv_clip_max` and
+d = min(0.001 * step, `ema_kl_max_decay`)); evaluation samples with the pipeline's EMA of the trained
+weights (`algorithm.ema_decay`, public 0.99). The advantages are clipped to `adv_clip_max` and
 rescaled to `advantage_max`. It needs no log-probability from the sampler: any solver samples,
 deterministic included. Flow models only (the matching target is the velocity's).
 """
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from rlft.algorithms.nft import ema_weights, evaluation_ema
 from rlft.algorithms.old_policy import old_policy_decay
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
 from rlft.algorithms.ppo_loss import ppo_clip_loss
@@ -82,7 +82,7 @@ class AWM(OnlineRL):
     def __init__(self, group_size: int = 8, train_timesteps: int = 6, time_type: str = "discrete",
                  weighting: str = "ghuber", ghuber_power: float = 0.25, clip_range: float = 1.0,
                  advantage_max: float = 1.0, kl_weight: float = 1e-4, ema_kl_weight: float = 1.0,
-                 ema_kl_max_decay: float = 0.3, ema_decay: float | None = 0.99, **kwargs):
+                 ema_kl_max_decay: float = 0.3, **kwargs):
         super().__init__(group_size=group_size, **kwargs)
         if self.policy.family != "flow":
             raise ValueError(f"algorithm=awm matches rectified-flow velocities (model.family=flow); this model is "
@@ -94,17 +94,6 @@ class AWM(OnlineRL):
         self.reference = base_reference(self.policy) if kl_weight else None
         with torch.random.fork_rng(devices=[]):  # adding the adapter draws weights; the run's stream untouched
             self.ema_policy = snapshot(self.policy) if ema_kl_weight else None
-        self.ema = evaluation_ema(self.policy.trainable_parameters(), ema_decay) if ema_decay is not None else None
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.ema is not None:
-            self.ema.to(self.device)
-
-    def evaluation_weights(self):
-        if self.ema is None:
-            return super().evaluation_weights()
-        return ema_weights(self.ema, self.policy.trainable_parameters())
 
     def trained_steps(self, num_steps: int) -> int:
         return self.train_timesteps
@@ -154,12 +143,6 @@ class AWM(OnlineRL):
             stats[name] = term.detach()
         return loss.float(), stats
 
-    def optimizer_step(self, optimizer) -> torch.Tensor:
-        grad_norm = super().optimizer_step(optimizer)
-        if self.ema is not None:
-            self.ema.step(self.policy.trainable_parameters())
-        return grad_norm
-
     def update(self, traj, advantages) -> dict[str, float]:
         stats = super().update(traj, advantages)
         if self.ema_policy is None:
@@ -170,8 +153,7 @@ class AWM(OnlineRL):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["rlft"]["awm"] = {"ema_policy": self.ema_policy.state_dict() if self.ema_policy else None,
-                                     "ema": self.ema.state_dict() if self.ema is not None else None}
+        checkpoint["rlft"]["awm"] = {"ema_policy": self.ema_policy.state_dict() if self.ema_policy else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -180,6 +162,3 @@ class AWM(OnlineRL):
             return
         if self.ema_policy is not None and state["ema_policy"] is not None:
             self.ema_policy.load_state_dict(state["ema_policy"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-            self.ema.to(self.device)

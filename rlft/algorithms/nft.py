@@ -23,16 +23,12 @@ moves towards them, old <- decay * old + (1 - decay) * theta, with a decay that 
 optimizer steps taken (`old_policy_decay`; the public `decay_type` 0, 1 or 2). The sampler is the
 policy's (`policy.deterministic=true, ode_solver=dpm2` is the public one; the method is solver
 agnostic) and the trained timesteps are the sampled steps'. DiffusionNFT is CFG-free
-(policy.guidance_scale=1). With `ema_decay`, an EMA of the trained weights (the public
-`EMAModuleWrapper`'s schedule, diffusers' `EMAModel`) is what evaluation samples with. Flow
+(policy.guidance_scale=1). Its evaluation EMA (`algorithm.ema_decay`) is the pipeline's. Flow
 models only: on a DDIM model the forward process and target are those of noise prediction,
 which this loss does not define.
 """
 
-import contextlib
-
 import torch
-from diffusers.training_utils import EMAModel
 
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
 from rlft.diffusion.flow import step_sigmas
@@ -78,8 +74,7 @@ def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x_0:
 
 class NFT(OnlineRL):
     def __init__(self, group_size: int = 8, beta: float = 1.0, adaptive_weight: bool = True, kl_weight: float = 1e-4,
-                 decay_type: int | None = 1, decay: list | None = None, ema_decay: float | None = 0.9,
-                 scale_by_adv_clip_max: bool = True, **kwargs):
+                 decay_type: int | None = 1, decay: list | None = None, scale_by_adv_clip_max: bool = True, **kwargs):
         super().__init__(group_size=group_size, **kwargs)
         if self.policy.family != "flow":
             raise ValueError(f"algorithm=nft trains rectified-flow models (model.family=flow); this model is "
@@ -92,36 +87,15 @@ class NFT(OnlineRL):
         with torch.random.fork_rng(devices=[]):
             self.old = snapshot(self.policy)
         self.reference = base_reference(self.policy) if kl_weight else None
-        self.ema = None
-        if ema_decay is not None:
-            if not 0 <= ema_decay < 1:
-                raise ValueError(f"algorithm.ema_decay={ema_decay} is invalid: must be in [0, 1), or null for no EMA")
-            self.ema = evaluation_ema(self.policy.trainable_parameters(), ema_decay)
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.ema is not None:
-            self.ema.to(self.device)
 
     def sampling_weights(self):
         return self.old.active(self.policy)
-
-    def evaluation_weights(self):
-        if self.ema is None:
-            return contextlib.nullcontext()
-        return ema_weights(self.ema, self.policy.trainable_parameters())
 
     def update(self, traj, advantages) -> dict[str, float]:
         stats = super().update(traj, advantages)
         decay = old_policy_decay(self.optimizer_steps, *self.schedule)
         self.old.soft_update(self.policy, decay)
         return {**stats, "train/old_decay": decay}
-
-    def optimizer_step(self, optimizer) -> torch.Tensor:
-        grad_norm = super().optimizer_step(optimizer)
-        if self.ema is not None:
-            self.ema.step(self.policy.trainable_parameters())
-        return grad_norm
 
     def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_0 = mb.final_latents.float()
@@ -140,8 +114,7 @@ class NFT(OnlineRL):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["rlft"]["nft"] = {"old": self.old.state_dict(),
-                                     "ema": self.ema.state_dict() if self.ema is not None else None}
+        checkpoint["rlft"]["nft"] = {"old": self.old.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -149,24 +122,3 @@ class NFT(OnlineRL):
         if state is None:
             return
         self.old.load_state_dict(state["old"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-            self.ema.to(self.device)
-
-
-def evaluation_ema(parameters: list[torch.nn.Parameter], decay: float) -> EMAModel:
-    """An EMA of `parameters` with the public `EMAModuleWrapper`'s schedule: the k-th update
-    (k = 1, 2, ...) moves it by 1 - min((1 + k) / (10 + k), decay) towards the weights
-    (diffusers' `EMAModel` counts k from 0 unless update_after_step = -1)."""
-    return EMAModel(parameters, decay=decay, update_after_step=-1)
-
-
-@contextlib.contextmanager
-def ema_weights(ema: EMAModel, parameters: list[torch.nn.Parameter]):
-    """The EMA's weights in the parameters for the block, the trained ones back after it."""
-    ema.store(parameters)
-    ema.copy_to(parameters)
-    try:
-        yield
-    finally:
-        ema.restore(parameters)

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, group_normalized
+from rlft.algorithms.evaluation_ema import ema_weights, evaluation_ema
 from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, mean_of_finite, training_work, work_state
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
@@ -89,6 +90,7 @@ class OnlineRL(L.LightningModule):
         eval_every_n_epochs: int = 5,
         async_reward: bool = True,
         health: NonFiniteGuard | None = None,
+        ema_decay: float | None = None,
         progress: bool = True,
         seed: int = 0,
     ):
@@ -135,6 +137,8 @@ class OnlineRL(L.LightningModule):
         self.epoch_steps = self.epoch_skipped_steps = 0
         self.optimizer_steps = 0  # every optimizer step of the run, skipped ones included (DiffusionNFT's decay ramp)
         self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
+        # An EMA of the trained weights, stepped with every optimizer step, that evaluation samples with.
+        self.ema = evaluation_ema(policy.trainable_parameters(), ema_decay) if ema_decay is not None else None
 
     def setup(self, stage: str) -> None:
         # With trainer.devices=auto the number of processes is known only now.
@@ -149,6 +153,8 @@ class OnlineRL(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.learned is not None:
             self.learned.model.to(self.device)
+        if self.ema is not None:
+            self.ema.to(self.device)
 
     def on_train_epoch_start(self) -> None:
         """reward=ensemble: before the first epoch (and every refresh period) the oracle answers
@@ -266,8 +272,10 @@ class OnlineRL(L.LightningModule):
         return contextlib.nullcontext()
 
     def evaluation_weights(self):
-        """The weights that evaluation samples with, for the block (DiffusionNFT: an EMA)."""
-        return contextlib.nullcontext()
+        """The weights that evaluation samples with, for the block: the EMA's with `ema_decay`."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return ema_weights(self.ema, self.policy.trainable_parameters())
 
     def rollout_log_prob(self, trajectories: Trajectories, world: int) -> dict[str, torch.Tensor]:
         """rollout/log_prob_mean; none for a deterministic sampler (no step has one)."""
@@ -420,6 +428,8 @@ class OnlineRL(L.LightningModule):
 
     def optimizer_step(self, optimizer) -> torch.Tensor:
         grad_norm, stepped = clipped_step(optimizer, self.policy.trainable_parameters(), self.max_grad_norm)
+        if self.ema is not None:
+            self.ema.step(self.policy.trainable_parameters())
         self.optimizer_steps += 1
         self.epoch_steps += 1
         self.epoch_skipped_steps += not stepped
@@ -451,6 +461,7 @@ class OnlineRL(L.LightningModule):
             "elapsed_s": self.elapsed_s,
             "work": work_state(self.policy, self.evaluation),
             "learned_reward": self.learned.state_dict() if self.learned is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "health": self.health.state_dict(),
             "rng": get_rng_state(),
         }
@@ -470,5 +481,8 @@ class OnlineRL(L.LightningModule):
             self.learned.load_state_dict(state["learned_reward"])
         if "health" in state:
             self.health.load_state_dict(state["health"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+            self.ema.to(self.device)
         if "rng" in state:
             set_rng_state(state["rng"])

@@ -251,6 +251,9 @@ def validate(cfg: DictConfig) -> None:
             _check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
         _check(0 < a.timestep_fraction <= 1, "algorithm.timestep_fraction", a.timestep_fraction, "must be in (0, 1]")
         _check(a.adv_clip_max > 0, "algorithm.adv_clip_max", a.adv_clip_max, "must be > 0")
+        ema = a.get("ema_decay")
+        _check(ema is None or 0 <= ema < 1, "algorithm.ema_decay", ema,
+               "must be in [0, 1) (public: nft 0.9, awm 0.99), or null for no evaluation EMA")
         _check(a.get("num_inner_epochs", 1) >= 1, "algorithm.num_inner_epochs", a.get("num_inner_epochs"), "must be >= 1")
         check_sharding(world_size(t) or 1, d.samples_per_epoch, a.train_batch_size, a.get("gradient_accumulation_steps", 1))
         _check(a.stat_buffer_size >= 1, "algorithm.stat_buffer_size", a.stat_buffer_size, "must be >= 1")
@@ -280,8 +283,6 @@ def validate(cfg: DictConfig) -> None:
             _check(a.advantage_max > 0, "algorithm.advantage_max", a.advantage_max, "must be > 0")
             _check(a.ema_kl_weight >= 0, "algorithm.ema_kl_weight", a.ema_kl_weight, "must be >= 0 (0: no EMA term)")
             _check(0 <= a.ema_kl_max_decay < 1, "algorithm.ema_kl_max_decay", a.ema_kl_max_decay, "must be in [0, 1)")
-            ema = a.get("ema_decay")
-            _check(ema is None or 0 <= ema < 1, "algorithm.ema_decay", ema, "must be in [0, 1) (public: 0.99), or null")
             _check(p.guidance_scale == 1, "policy.guidance_scale", p.guidance_scale,
                    "must be 1 for algorithm=awm: the public runs train and sample the conditional velocity")
         if a.name == "rwr":
@@ -296,8 +297,6 @@ def validate(cfg: DictConfig) -> None:
                 decay_schedule(a.get("decay_type"), None if a.get("decay") is None else list(a.decay))
             except ValueError as error:
                 raise ConfigError(str(error)) from None
-            ema = a.get("ema_decay")
-            _check(ema is None or 0 <= ema < 1, "algorithm.ema_decay", ema, "must be in [0, 1) (public: 0.9), or null")
 
     if a.name == "seiko":
         # Its reward backpropagation runs the ensemble on decoded images; on videos it would need the
