@@ -16,12 +16,23 @@ from rlft.tools.compare import find_runs, series
 from rlft.tools.tensorboard import read_scalars
 
 
+# The GRPO variants' job folders, by their overrides (all of a row's), and the short names printed
+# for them; the first row that matches names the folder.
+VARIANTS = [(("sde_type=cps", "sde_window="), "grpo_cps_window"), (("sde_type=cps",), "grpo_cps"),
+            (("guard=True",), "grpo_guard"), (("sde_window_shift",), "mixgrpo"), (("sde_window=",), "grpo_window")]
+
+
+def label(config: str) -> str:
+    """A job folder's configuration ("algorithm=grpo,policy.sde_type=cps") -> a short name."""
+    return next((name for keys, name in VARIANTS if all(k in config for k in keys)), config.removeprefix("algorithm="))
+
+
 def curves(sweep: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
     out = defaultdict(dict)
     for config, seeds in find_runs(sweep).items():
         for seed, run in seeds.items():
             scalars = read_scalars(run)
-            out[config.removeprefix("algorithm=")][seed] = {
+            out[label(config)][seed] = {
                 "queries": series(scalars, "eval/oracle_reward", "oracle/queries"),
                 "elapsed": scalars["time/elapsed_s"][-1][1],
             }
@@ -53,18 +64,18 @@ def main(sweep: Path) -> None:
         elapsed = [pts["elapsed"] for pts in seeds.values()]
         row = " ".join(f"{q:g}:{np.mean(v):.4f}±{np.std(v, ddof=1):.4f}" for q, v in sorted(at.items()))
         gains = np.array(at[last]) - base
-        print(f"{name:8s} seeds={len(seeds)} gain@{last:g}={gains.mean():+.4f}±{gains.std(ddof=1):.4f} "
+        print(f"{name:10s} seeds={len(seeds)} gain@{last:g}={gains.mean():+.4f}±{gains.std(ddof=1):.4f} "
               f"elapsed={np.mean(elapsed):.0f}±{np.std(elapsed, ddof=1):.0f}s "
               f"gain/100s={100 * gains.mean() / np.mean(elapsed):+.4f}  {row}")
     print("queries to reach the final mean of (columns):")
     names = sorted(finals)
-    print(" " * 9 + "".join(f"{n:>9s}" for n in names))
+    print(" " * 11 + "".join(f"{n:>11s}" for n in names))
     for name in names:
         cells = []
         for other in names:
             q = first_reaching(mean_curve[name], finals[other])
-            cells.append(f"{q:9.0f}" if q is not None else f"{'-':>9s}")
-        print(f"{name:9s}" + "".join(cells))
+            cells.append(f"{q:11.0f}" if q is not None else f"{'-':>11s}")
+        print(f"{name:11s}" + "".join(cells))
 
 
 if __name__ == "__main__":
