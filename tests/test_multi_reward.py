@@ -43,7 +43,7 @@ def test_per_component_advantages_are_each_group_normalised_then_weighted():
     component leaves the other component's advantage to that sample."""
     module = OnlineRL.__new__(OnlineRL)  # only the advantage code: no policy needed
     module.multi = MultiReward({"a": 1.0, "b": 0.25}, {"a": constant(0), "b": constant(0)}, combine="advantages")
-    module.group_size, module.std_normalize, module.adv_clip_max = 2, True, 5.0
+    module.group_size, module.std_normalize, module.global_std, module.adv_clip_max = 2, True, False, 5.0
     module.component_trackers = None
     parts = torch.tensor([[1.0, 10.0], [3.0, 30.0], [2.0, float("nan")], [0.0, 50.0]])
     ours = module.advantages(["p", "p", "q", "q"], parts, torch.isfinite(parts).any(1))
