@@ -34,7 +34,7 @@ from rlft.diffusion.policy import Trajectories
 from rlft.diffusion.reference import base_reference, snapshot
 from rlft.run.preemption import stop_if_requested
 
-from rlft.run.validation import AWM_TIME_TYPES as TIME_TYPES, AWM_WEIGHTINGS as WEIGHTINGS  # noqa: E402 (checked at composition)
+from rlft.run.validation import AWM_WEIGHTINGS as WEIGHTINGS  # the names checked at composition
 
 
 def awm_log_prob(v: torch.Tensor, noise: torch.Tensor, x_0: torch.Tensor, t: torch.Tensor, weighting: str = "ghuber",

@@ -351,14 +351,15 @@ class DiffusionPolicy(nn.Module):
         record_all = self.sampler.deterministic
         for i, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, disable=None if progress else True)):
             prediction = self.predict(x, t, embeds)
-            if self.sampler.is_stochastic(i):
+            stochastic = self.sampler.is_stochastic(i)
+            if stochastic:
                 solver.observe(prediction, t, x)
                 step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
                 x_next, log_prob, mean = step.prev_sample, step.log_prob, step.mean
             else:
                 x_next = mean = solver.step(prediction, t, x)
                 log_prob = x.new_full((len(x),), float("nan"), dtype=torch.float32)
-            if record_all or self.sampler.is_stochastic(i):
+            if record_all or stochastic:
                 latents.append(x)
                 next_latents.append(x_next)
                 log_probs.append(log_prob)
