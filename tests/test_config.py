@@ -31,6 +31,7 @@ REQUIRED = {  # options with a value only the user can give (`???`)
     "hpsv2": ["reward.model_path=/path/to/converted/hpsv2.1"],
     "vlm_judge": ["reward.base_url=http://127.0.0.1:8000/v1"],
     "ocr": ["model.prompts.train=${prompt_set:ocr_signs}", "model.prompts.eval=${prompt_set:ocr_signs_eval}"],  # composes and validates; nothing is asked
+    "geneval": ["model.prompts.train=${prompt_set:geneval_train}", "model.prompts.eval=${prompt_set:geneval_eval}"],
 }
 
 
@@ -93,6 +94,12 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
 
         det, rec = save_tiny_ocr(tmp_path)
         overrides += [f"reward.detection_path={det}", f"reward.recognition_path={rec}"]
+    if option == "geneval":  # a tiny Mask2Former and CLIP saved here
+        from tests.test_geneval import save_two_cats_detector
+        from tests.tiny_sd import save_tiny_clip
+
+        overrides += [f"reward.detector_path={save_two_cats_detector(tmp_path / 'm2f')}",
+                      f"reward.clip_path={save_tiny_clip(tmp_path / 'clip')}"]
     if option == "vlm_judge":  # a local OpenAI-compatible server to answer it
         from tests.test_vlm_judge import FakeJudge
 
@@ -108,6 +115,8 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
         prompts = ["a good 1", "a good 2", "a good 3"]  # FakeJudge's word for an answer with a score
     if option == "ocr":
         prompts = ['a "b" sign', 'a "c" sign', 'a "bc" sign']  # the tiny reader reads "b"
+    if option == "geneval":
+        prompts = ["a photo of a bench", "a photo of two clocks", "a photo of a pink car"]  # GenEval's own, shipped
     rewards = torch.as_tensor(reward(images, prompts))
     assert rewards.shape == (3,) and torch.isfinite(rewards).all()
 

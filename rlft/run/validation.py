@@ -15,6 +15,8 @@ from rlft.diffusion.policy import CFG_GRADIENTS
 from rlft.diffusion.samplers import FAMILIES, SDE_TYPES, check_sde_window, shifted_window
 from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
+from rlft.rewards.geneval_rules import SCORES as GENEVAL_SCORES
+from rlft.rewards.geneval_rules import load_metadata, metadata_of
 from rlft.rewards.multi import COMBINES, check_components, single_reward_options
 from rlft.rewards.ocr import ocr_target
 from rlft.run.config import CONFIG_DIR
@@ -173,6 +175,21 @@ def check_rewards(cfg: DictConfig) -> None:
                     raise ConfigError(f"model.prompts.{split}: {error} ({ocr[0]} is reward=ocr; the shipped set: "
                                       f"model.prompts.train='${{prompt_set:ocr_signs}}' "
                                       f"model.prompts.eval='${{prompt_set:ocr_signs_eval}}')") from None
+    # reward=geneval judges each prompt by its GenEval metadata: a prompt without any is refused before any work.
+    for where, node in nodes:
+        if node.get("_target_") != "rlft.rewards.geneval.GenEvalReward":
+            continue
+        _check(node.score in GENEVAL_SCORES, f"{where}.score", node.score, f"one of {list(GENEVAL_SCORES)}")
+        try:
+            table = load_metadata(node.metadata)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"{where}.metadata: {error}") from None
+        for split in ("train", "eval") if "prompts" in cfg.get("model", {}) else ():
+            for prompt in cfg.model.prompts[split]:
+                try:
+                    metadata_of(table, prompt)
+                except ValueError as error:
+                    raise ConfigError(f"model.prompts.{split}: {error}") from None
     e = cfg.get("evaluation", {})
     held_out = list(e.get("rewards") or [])
     options = single_reward_options(CONFIG_DIR)
