@@ -29,6 +29,7 @@ REQUIRED = {  # options with a value only the user can give (`???`)
     "aesthetic": ["reward.head_path=/path/to/head.pth"],
     "multi": ["reward.components={compressibility:1.0,digit_alignment:0.1}"],
     "hpsv2": ["reward.model_path=/path/to/converted/hpsv2.1"],
+    "imagereward": ["reward.model_path=/path/to/converted/imagereward"],
     "vlm_judge": ["reward.base_url=http://127.0.0.1:8000/v1"],
     "ocr": ["model.prompts.train=${prompt_set:ocr_signs}", "model.prompts.eval=${prompt_set:ocr_signs_eval}"],  # composes and validates; nothing is asked
     "geneval": ["model.prompts.train=${prompt_set:geneval_train}", "model.prompts.eval=${prompt_set:geneval_eval}"],
@@ -94,6 +95,13 @@ def test_every_reward_instantiates_and_scores(option, tmp_path):
 
         det, rec = save_tiny_ocr(tmp_path)
         overrides += [f"reward.detection_path={det}", f"reward.recognition_path={rec}"]
+    if option == "imagereward":  # a tiny ImageReward checkpoint, converted here
+        from rlft.rewards.convert import convert_imagereward
+        from tests.test_imagereward import imagereward_checkpoint, save_tiny_blip_config
+
+        config = save_tiny_blip_config(tmp_path / "blip")
+        torch.save(imagereward_checkpoint(config), tmp_path / "ImageReward.pt")
+        overrides += [f"reward.model_path={convert_imagereward(str(tmp_path / 'ImageReward.pt'), str(config), str(tmp_path / 'ir'))}"]
     if option == "geneval":  # a tiny Mask2Former and CLIP saved here
         from tests.test_geneval import save_two_cats_detector
         from tests.tiny_sd import save_tiny_clip

@@ -126,7 +126,7 @@ def test_pretrain_commands_write_loadable_models(tmp_path):
 
 def test_help_lists_groups_and_options(tmp_path):
     out = run_rlft("--help", cwd=tmp_path).stdout
-    for line in ("algorithm: awm, ddpo_sf, grpo, nft, ppo, rwr, seiko", "reduction: mean, sum", "reward: aesthetic, clipscore, compressibility, digit_alignment, ensemble, geneval, hpsv2, http, incompressibility, multi, ocr, pickscore, vlm_judge"):
+    for line in ("algorithm: awm, ddpo_sf, grpo, nft, ppo, rwr, seiko", "reduction: mean, sum", "reward: aesthetic, clipscore, compressibility, digit_alignment, ensemble, geneval, hpsv2, http, imagereward, incompressibility, multi, ocr, pickscore, vlm_judge"):
         assert line in out, out
     # algorithm/base holds the keys the algorithms extend: not a choice; pretrain is `rlft pretrain`'s
     groups = out.split("== Configuration groups ==")[1].split("== Config ==")[0]

@@ -9,6 +9,18 @@ not import beside rlft's CPU torch, and breaks transformers' and diffusers' impo
 processor and tokenizer are saved beside the converted weights, so `--out` is a complete CLIPModel
 directory (`reward=hpsv2 reward.model_path=hpsv2.1`).
 
+    python -m rlft.rewards.convert imagereward ImageReward.pt \\
+        --config Salesforce/blip-itm-large-coco --out imagereward
+
+ImageReward-v1.0 (BLIP ViT-L with its MLP head; the `image-reward` package needs transformers 4.x
+internals) into transformers' `BlipForImageTextRetrieval` (vision tower and text encoder), its head
+and normalisation beside it (`imagereward_head.safetensors`, `imagereward.json`), the image
+processor of ImageReward's own transform (resize 224 bicubic, centre crop, CLIP's mean and std) and
+`--config`'s BERT tokenizer. BLIP's original keys are those of transformers' BLIP with a few renames
+(transformers' own BLIP conversion script's: `visual_encoder.blocks.N.attn.proj` ->
+`vision_model.encoder.layers.N.self_attn.projection`, ...); q, k and v stay fused in the vision
+tower as in both; the image size and vocabulary come from the checkpoint's shapes.
+
 The key mapping (open_clip's `VisionTransformer`/`TextTransformer` and the CLIP checkpoint layout
 they share with OpenAI's) is plain renaming except where the layouts differ: open_clip's attention
 keeps q, k and v in one `in_proj` (split here in that order), and its projections are applied as
@@ -128,6 +140,101 @@ def convert_open_clip(checkpoint: str, config: str, out: str) -> Path:
     return Path(out)
 
 
+_BLIP_VISION = {  # BLIP's VisionTransformer -> BlipVisionModel: whole keys
+    "cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
+    "patch_embed.proj.weight": "embeddings.patch_embedding.weight", "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+    "norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias",
+}
+_BLIP_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",  # inside blocks.N
+               "attn.proj": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_IMAGEREWARD_UNUSED = ("vision_proj.", "text_proj.", "itm_head.")  # BlipForImageTextRetrieval's, not in the score
+
+
+def imagereward_to_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """ImageReward's state dict -> (BlipForImageTextRetrieval's keys, the MLP head's `layers.N.*`).
+    Refuses keys it does not know. The text encoder's keys (BLIP's `med.py` BERT with
+    cross-attention) are transformers' BlipTextModel's as they are."""
+    blip, head, unknown = {}, {}, []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        vision = key.removeprefix("blip.visual_encoder.")
+        block = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", vision)
+        if key.startswith("mlp.layers."):
+            head[key.removeprefix("mlp.")] = value
+        elif key.startswith("blip.visual_encoder.") and vision in _BLIP_VISION:
+            blip[f"vision_model.{_BLIP_VISION[vision]}"] = value
+        elif key.startswith("blip.visual_encoder.") and block and block.group(2) in _BLIP_BLOCK:
+            layer, module, kind = block.groups()
+            blip[f"vision_model.encoder.layers.{layer}.{_BLIP_BLOCK[module]}.{kind}"] = value
+        elif key.startswith("blip.text_encoder."):
+            if not key.endswith("position_ids"):
+                blip[key.removeprefix("blip.")] = value
+        elif key.startswith(tuple(f"blip.{p}" for p in _IMAGEREWARD_UNUSED)):
+            blip[key.removeprefix("blip.")] = value
+        else:
+            unknown.append(key)
+    if unknown or not head:
+        raise ValueError(f"not an ImageReward checkpoint of the expected layout: "
+                         f"{'unknown keys ' + str(unknown[:8]) if unknown else 'no mlp.layers.* head'}")
+    return blip, head
+
+
+def hf_to_imagereward(blip: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `imagereward_to_hf`."""
+    vision, block = {v: k for k, v in _BLIP_VISION.items()}, {v: k for k, v in _BLIP_BLOCK.items()}
+    out = {f"mlp.{k}": v for k, v in head.items()}
+    for key, value in blip.items():
+        rest = key.removeprefix("vision_model.")
+        layer = re.match(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", rest)
+        if rest in vision:
+            out[f"blip.visual_encoder.{vision[rest]}"] = value
+        elif layer:
+            out[f"blip.visual_encoder.blocks.{layer.group(1)}.{block[layer.group(2)]}.{layer.group(3)}"] = value
+        elif not key.endswith("position_ids"):
+            out[f"blip.{key}"] = value
+    return out
+
+
+def convert_imagereward(checkpoint: str, config: str, out: str) -> Path:
+    """ImageReward.pt -> a directory for reward=imagereward: `config`'s BlipConfig with the
+    checkpoint's image size and vocabulary, the converted BLIP, the head, its normalisation, the
+    image processor of ImageReward's transform and `config`'s tokenizer."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, CLIPImageProcessor
+
+    from rlft.rewards.imagereward import IMAGEREWARD_MEAN, IMAGEREWARD_STD, MAX_LENGTH
+
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    blip, head = imagereward_to_hf(loaded.get("state_dict", loaded))
+    cfg = BlipConfig.from_pretrained(config)
+    patches = blip["vision_model.embeddings.position_embedding"].shape[1] - 1
+    cfg.vision_config.image_size = int(round(patches ** 0.5)) * cfg.vision_config.patch_size
+    cfg.vision_config.layer_norm_eps = 1e-6  # BLIP's ViT (timm's LayerNorm eps); transformers' default is 1e-5
+    cfg.text_config.vocab_size = blip["text_encoder.embeddings.word_embeddings.weight"].shape[0]
+    model = BlipForImageTextRetrieval(cfg)
+    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
+    missing = sorted(k for k in expected - set(blip) if not k.startswith(_IMAGEREWARD_UNUSED))
+    extra = sorted(set(blip) - expected)
+    if missing or extra:
+        raise ValueError(f"{checkpoint} does not fit --config {config}: missing {missing[:6]}, unexpected {extra[:6]}")
+    for key, value in blip.items():
+        shape = tuple(model.state_dict()[key].shape)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{checkpoint} does not fit --config {config}: {key} has shape {tuple(value.shape)}, "
+                             f"the config's model {shape}")
+    model.load_state_dict({k: v.float() for k, v in blip.items()}, strict=False)
+    model.save_pretrained(out)
+    save_file({k: v.float().contiguous() for k, v in head.items()}, str(Path(out) / "imagereward_head.safetensors"))
+    (Path(out) / "imagereward.json").write_text(json.dumps({"mean": IMAGEREWARD_MEAN, "std": IMAGEREWARD_STD,
+                                                            "max_length": MAX_LENGTH}, indent=2))
+    size = cfg.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(out)
+    AutoTokenizer.from_pretrained(config).save_pretrained(out)
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlft.rewards.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,8 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     oc.add_argument("checkpoint", help="the .pt/.bin file (its state dict, or a dict with 'state_dict')")
     oc.add_argument("--config", required=True, help="a CLIPModel directory or hub id of the same architecture")
     oc.add_argument("--out", required=True, help="the directory to write")
+    ir = sub.add_parser("imagereward", help="ImageReward-v1.0 (ImageReward.pt) -> a directory for reward=imagereward")
+    ir.add_argument("checkpoint", help="ImageReward.pt (its state dict)")
+    ir.add_argument("--config", required=True, help="a BLIP directory or hub id of the same architecture, with its "
+                                                    "tokenizer (Salesforce/blip-itm-large-coco)")
+    ir.add_argument("--out", required=True, help="the directory to write")
     args = parser.parse_args(argv)
-    print(f"wrote {convert_open_clip(args.checkpoint, args.config, args.out)}")
+    convert = convert_open_clip if args.format == "open_clip" else convert_imagereward
+    print(f"wrote {convert(args.checkpoint, args.config, args.out)}")
 
 
 if __name__ == "__main__":
