@@ -58,7 +58,8 @@ def test_the_configs_compose_with_a_local_model(clip_dir, option):
     assert reward(torch.rand(2, 3, 16, 16), ["a cat", "a dog"]).shape == (2,)
 
 
-def test_grpo_runs_on_pickscore_through_the_cli(clip_dir, tmp_path):
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_runs_on_pickscore_through_the_cli(clip_dir, tmp_path, algorithm):
     from tests.test_stable_diffusion import save_tiny_assets, sd_overrides
     from tests.tiny_sd import save_tiny_sd3
 
@@ -66,8 +67,8 @@ def test_grpo_runs_on_pickscore_through_the_cli(clip_dir, tmp_path):
     run = tmp_path / "run"
     overrides = [a for a in sd_overrides(assets, model="sd3", pipeline="sd3") if not a.startswith("reward")]
     run_rlft(*overrides, "model.max_sequence_length=8", "reward=pickscore", f"reward.model_path={clip_dir}",
-             f"reward.processor_path={clip_dir}", "+reward.max_length=16", "reward.divisor=26", "algorithm=grpo",
-             "algorithm.group_size=2", "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2",
+             f"reward.processor_path={clip_dir}", "+reward.max_length=16", "reward.divisor=26", f"algorithm={algorithm}",
+             *(["algorithm.group_size=2"] if algorithm == "grpo" else []), "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2",
              f"hydra.run.dir={run}", cwd=tmp_path)
     scalars = read_scalars(run)
-    assert all(math.isfinite(v) for _, v in scalars["reward/mean"] + scalars["eval/oracle_reward"])
+    assert scalars["reward/mean"] and all(math.isfinite(v) for _, v in scalars["reward/mean"] + scalars["eval/oracle_reward"])

@@ -153,7 +153,8 @@ def test_combine_advantages_killed_mid_epoch_resumes_bitwise_and_asks_no_compone
     assert set(state) == {"compressibility", "incompressibility"} and state["compressibility"]["buffers"]
 
 
-def test_grpo_on_the_tiny_sd3_trains_on_two_components_and_logs_a_held_out_reward(tmp_path):
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_the_tiny_sd3_trains_on_two_components_and_logs_a_held_out_reward(tmp_path, algorithm):
     from tests.test_stable_diffusion import save_tiny_assets, sd_overrides
     from tests.tiny_sd import save_tiny_clip, save_tiny_sd3
 
@@ -161,7 +162,8 @@ def test_grpo_on_the_tiny_sd3_trains_on_two_components_and_logs_a_held_out_rewar
     clip = save_tiny_clip(tmp_path / "clip")
     run = tmp_path / "run"
     overrides = [a for a in sd_overrides(assets, model="sd3", pipeline="sd3") if not a.startswith("reward")]
-    run_rlft(*overrides, "model.max_sequence_length=8", "algorithm=grpo", "algorithm.group_size=2",
+    run_rlft(*overrides, "model.max_sequence_length=8", f"algorithm={algorithm}",
+             *(["algorithm.group_size=2"] if algorithm == "grpo" else []),
              "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2", "reward=multi",
              "reward.components={clipscore:1.0,compressibility:0.5}", "reward.combine=advantages",
              f"+reward.settings.clipscore.model_path={clip}", f"+reward.settings.clipscore.processor_path={clip}",

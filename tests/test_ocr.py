@@ -169,7 +169,8 @@ def test_prompts_without_quotes_are_refused_at_composition():
         validate(compose_cfg(["reward=multi", "reward.components={ocr:1.0,compressibility:1.0}"]))
 
 
-def test_grpo_on_the_tiny_sd3_with_ocr_prompts(tiny_ocr, tmp_path):
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_the_tiny_sd3_with_ocr_prompts_through_the_cli(tiny_ocr, tmp_path, algorithm):
     from tests.test_stable_diffusion import save_tiny_assets, sd_overrides
     from tests.tiny_sd import save_tiny_sd3
 
@@ -179,11 +180,13 @@ def test_grpo_on_the_tiny_sd3_with_ocr_prompts(tiny_ocr, tmp_path):
     overrides = [a for a in overrides if not a.startswith("model.prompts")]
     (tmp_path / "train.txt").write_text('a sign that says "b"\na "B" on a wall\n')
     (tmp_path / "eval.txt").write_text('a "bb" sign\n')
-    run_rlft(*overrides, "model.max_sequence_length=8", "algorithm=grpo", "algorithm.group_size=2",
+    run_rlft(*overrides, "model.max_sequence_length=8", f"algorithm={algorithm}",
+             *(["algorithm.group_size=2"] if algorithm == "grpo" else []),
              "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2", "reward=ocr",
              f"reward.detection_path={tiny_ocr[0]}", f"reward.recognition_path={tiny_ocr[1]}",
              f"model.prompts.train=${{prompt_set:{tmp_path}/train.txt}}", f"model.prompts.eval=${{prompt_set:{tmp_path}/eval.txt}}",
              f"hydra.run.dir={run}", cwd=tmp_path)
     s = read_scalars(run)
     # The tiny reader reads "b" in every image: the training targets are "b" and "B", the held-out one "bb".
-    assert all(v == 1.0 for _, v in s["reward/mean"]) and all(v == 0.5 for _, v in s["eval/oracle_reward"])
+    assert s["reward/mean"] and all(v == 1.0 for _, v in s["reward/mean"])
+    assert s["eval/oracle_reward"] and all(v == 0.5 for _, v in s["eval/oracle_reward"])
