@@ -213,6 +213,8 @@ def test_prompt_the_model_cannot_encode_fails_in_build(tmp_path):
 # The papers' settings, for a GPU user: single runs (no sweep) on prompt files only the user has.
 PUBLISHED_SETTINGS = {
     "flow_grpo_pickscore_sd35": [],
+    "flow_grpo_ocr_sd35": ["model.prompts.train=${prompt_set:ocr_signs}", "model.prompts.eval=${prompt_set:ocr_signs_eval}"],
+    "flow_grpo_geneval_sd35": ["model.prompts.train=${prompt_set:geneval_train}", "model.prompts.eval=${prompt_set:geneval_eval}"],
     "diffusionnft_multi_reward_sd35": ["+reward.settings.hpsv2.model_path=/path/to/converted/hpsv2.1"],
 }
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml") if p.stem not in PUBLISHED_SETTINGS)
@@ -229,11 +231,16 @@ def test_every_experiment_composes_with_its_sweep(experiment):
 def test_the_papers_settings_compose_and_validate_with_prompt_files(experiment, needs, tmp_path):
     for split in ("train", "test"):
         (tmp_path / f"{split}.txt").write_text(f"a {split} prompt\nanother {split} prompt\n")
-    cfg = compose_cfg([f"+experiment={experiment}", *needs, f"model.prompts.train=${{prompt_set:{tmp_path}/train.txt}}",
-                       f"model.prompts.eval=${{prompt_set:{tmp_path}/test.txt}}", "model.dtype=float32"])
+    files = [f"model.prompts.train=${{prompt_set:{tmp_path}/train.txt}}", f"model.prompts.eval=${{prompt_set:{tmp_path}/test.txt}}"]
+    own_prompts = any(n.startswith("model.prompts") for n in needs)  # OCR and GenEval prompts need quotes, metadata
+    cfg = compose_cfg([f"+experiment={experiment}", *(needs if own_prompts else [*needs, *files]), "model.dtype=float32"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     validate(cfg)
-    assert resolved["model"]["prompts"]["train"] == ["a train prompt", "another train prompt"]
+    if not own_prompts:
+        assert resolved["model"]["prompts"]["train"] == ["a train prompt", "another train prompt"]
+    if experiment.startswith("flow_grpo"):  # flow_grpo's KL and advantages in its own forms
+        a = resolved["algorithm"]
+        assert (a["kl_form"], a["global_std"], a["kl_weight"]) == ("without_dt", True, 0.01 if "pickscore" in experiment else 0.04)
     assert resolved["model"]["name"] == "sd35_medium" and resolved["policy"]["lora_rank"] == 32
     assert resolved["data"]["samples_per_epoch"] == 1152 and resolved["algorithm"]["group_size"] == 24
 
@@ -305,3 +312,10 @@ def test_compile_auto_compiles_above_the_break_even_only():
     assert choose_compile(compose_cfg(["policy.compile=true"]), batched_guidance=True) is True
     with pytest.raises(ConfigError, match=r"policy.compile='sometimes' is invalid: must be true, false, auto"):
         validate(compose_cfg(["policy.compile=sometimes"]))
+
+
+@pytest.mark.parametrize("global_std", [False, True])
+def test_grpos_global_std_reaches_the_module(global_std, tmp_path):
+    """flow_grpo's sample.global_std (advantages over the batch's std: tests/test_algorithm_losses.py)."""
+    module, _, _ = build(compose_cfg(["algorithm=grpo", f"algorithm.global_std={global_std}"], output_dir=str(tmp_path)))
+    assert module.global_std is global_std

@@ -80,7 +80,7 @@ def test_grpo_with_flow_grpos_kl_and_cfg_gradient_through_the_cli(tiny_flow_mode
 
     run_dir = tmp_path / "run"
     run_rlft("model=digits_flow", f"model.pretrained={tiny_flow_model_dir}", "algorithm=grpo", *FAMILY_RUN,
-             "algorithm.group_size=4", "algorithm.kl_form=without_dt", "policy.cfg_gradient=conditional",
+             "algorithm.group_size=4", "algorithm.kl_form=without_dt", "policy.cfg_gradient=conditional", "algorithm.global_std=true",
              "model.guidance_scale=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     scalars = finite_and_documented(run_dir)
     assert scalars["train/kl"][-1][1] > 0  # the second epoch's policy has moved from the base
