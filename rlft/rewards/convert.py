@@ -116,6 +116,21 @@ def hf_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def load_fitting(model: torch.nn.Module, state: dict[str, torch.Tensor], misfit: str, unused: tuple[str, ...] = ()) -> None:
+    """Loads `state` (as float32) into `model` when it has every key of the model except those
+    starting with `unused`, and no other, each of the model's shape; else refuses, naming them."""
+    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
+    missing = sorted(k for k in expected - set(state) if not k.startswith(unused))
+    extra = sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(f"{misfit}: missing {missing[:6]}, unexpected {extra[:6]}")
+    for key, value in state.items():
+        shape = tuple(model.state_dict()[key].shape)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{misfit}: {key} has shape {tuple(value.shape)}, the config's model {shape}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+
+
 def convert_open_clip(checkpoint: str, config: str, out: str) -> Path:
     """An open_clip checkpoint (a state dict, or a dict with one under `state_dict`) -> a
     CLIPModel directory at `out`, with `config`'s image processor and tokenizer."""
@@ -124,17 +139,7 @@ def convert_open_clip(checkpoint: str, config: str, out: str) -> Path:
     loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = loaded.get("state_dict", loaded)
     model = CLIPModel(CLIPConfig.from_pretrained(config))
-    converted = open_clip_to_hf(state)
-    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
-    missing, extra = sorted(expected - set(converted)), sorted(set(converted) - expected)
-    if missing or extra:
-        raise ValueError(f"{checkpoint} does not fit --config {config}: missing {missing[:6]}, unexpected {extra[:6]}")
-    for key, value in converted.items():
-        shape = tuple(model.state_dict()[key].shape)
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{checkpoint} does not fit --config {config}: {key} has shape {tuple(value.shape)}, "
-                             f"the config's model {shape}")
-    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=False)
+    load_fitting(model, open_clip_to_hf(state), f"{checkpoint} does not fit --config {config}")
     model.save_pretrained(out)
     AutoProcessor.from_pretrained(config).save_pretrained(out)
     return Path(out)
@@ -214,17 +219,7 @@ def convert_imagereward(checkpoint: str, config: str, out: str) -> Path:
     cfg.vision_config.layer_norm_eps = 1e-6  # BLIP's ViT (timm's LayerNorm eps); transformers' default is 1e-5
     cfg.text_config.vocab_size = blip["text_encoder.embeddings.word_embeddings.weight"].shape[0]
     model = BlipForImageTextRetrieval(cfg)
-    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
-    missing = sorted(k for k in expected - set(blip) if not k.startswith(_IMAGEREWARD_UNUSED))
-    extra = sorted(set(blip) - expected)
-    if missing or extra:
-        raise ValueError(f"{checkpoint} does not fit --config {config}: missing {missing[:6]}, unexpected {extra[:6]}")
-    for key, value in blip.items():
-        shape = tuple(model.state_dict()[key].shape)
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{checkpoint} does not fit --config {config}: {key} has shape {tuple(value.shape)}, "
-                             f"the config's model {shape}")
-    model.load_state_dict({k: v.float() for k, v in blip.items()}, strict=False)
+    load_fitting(model, blip, f"{checkpoint} does not fit --config {config}", unused=_IMAGEREWARD_UNUSED)
     model.save_pretrained(out)
     save_file({k: v.float().contiguous() for k, v in head.items()}, str(Path(out) / "imagereward_head.safetensors"))
     (Path(out) / "imagereward.json").write_text(json.dumps({"mean": IMAGEREWARD_MEAN, "std": IMAGEREWARD_STD,
