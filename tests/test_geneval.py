@@ -315,6 +315,13 @@ def test_prompts_without_metadata_are_refused_at_composition(tmp_path):
                               "+reward.settings.geneval.score=accuracy", *shipped[1:]]))
     with pytest.raises(ConfigError, match=r"reward.metadata: no GenEval metadata file '/nowhere.jsonl'"):
         validate(compose_cfg([*shipped, "reward.metadata=[/nowhere.jsonl]"]))
+    # Held out, GenEval scores the evaluation's prompts only.
+    held_out = ["evaluation.rewards=[geneval]", "model.prompts.eval=${prompt_set:geneval_eval}"]
+    validate(compose_cfg(held_out))  # the training prompts are the default model's digits
+    with pytest.raises(ConfigError, match=r"model.prompts.eval: reward=geneval: the prompt 'the number zero' has no"):
+        validate(compose_cfg(["evaluation.rewards=[geneval]"]))
+    with pytest.raises(ConfigError, match=r"evaluation.settings.geneval.score='x' is invalid"):
+        validate(compose_cfg([*held_out, "+evaluation.settings.geneval.score=x"]))
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])

@@ -17,7 +17,7 @@ from rlft.ensemble.ucb import check_settings as check_ucb_settings
 from rlft.rewards.learned import check_settings as check_learned_reward
 from rlft.rewards.geneval_rules import SCORES as GENEVAL_SCORES
 from rlft.rewards.geneval_rules import load_metadata, metadata_of
-from rlft.rewards.multi import COMBINES, check_components, single_reward_options
+from rlft.rewards.multi import COMBINES, check_components, component_configs, single_reward_options
 from rlft.rewards.ocr import ocr_target
 from rlft.run.config import CONFIG_DIR
 
@@ -137,6 +137,26 @@ def check_sampler(cfg: DictConfig) -> None:
                f"log-probabilities: only algorithm=nft and awm (trained on the forward process) take deterministic samples")
 
 
+def check_geneval(cfg: DictConfig, nodes, splits: tuple[str, ...]) -> None:
+    """reward=geneval judges each prompt by its GenEval metadata: a prompt it will score without any
+    (the training and evaluation prompts when trained on, the evaluation's when held out) is refused
+    before any work."""
+    for where, node in nodes:
+        if node.get("_target_") != "rlft.rewards.geneval.GenEvalReward":
+            continue
+        _check(node.score in GENEVAL_SCORES, f"{where}.score", node.score, f"one of {list(GENEVAL_SCORES)}")
+        try:
+            table = load_metadata(node.metadata)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"{where}.metadata: {error}") from None
+        for split in splits if "prompts" in cfg.get("model", {}) else ():
+            for prompt in cfg.model.prompts[split]:
+                try:
+                    metadata_of(table, prompt)
+                except ValueError as error:
+                    raise ConfigError(f"model.prompts.{split}: {error}") from None
+
+
 def check_rewards(cfg: DictConfig) -> None:
     """reward=multi's components and the held-out rewards (evaluation.rewards): known names,
     weights > 0, settings only for named rewards, nothing both trained on and held out."""
@@ -175,21 +195,7 @@ def check_rewards(cfg: DictConfig) -> None:
                     raise ConfigError(f"model.prompts.{split}: {error} ({ocr[0]} is reward=ocr; the shipped set: "
                                       f"model.prompts.train='${{prompt_set:ocr_signs}}' "
                                       f"model.prompts.eval='${{prompt_set:ocr_signs_eval}}')") from None
-    # reward=geneval judges each prompt by its GenEval metadata: a prompt without any is refused before any work.
-    for where, node in nodes:
-        if node.get("_target_") != "rlft.rewards.geneval.GenEvalReward":
-            continue
-        _check(node.score in GENEVAL_SCORES, f"{where}.score", node.score, f"one of {list(GENEVAL_SCORES)}")
-        try:
-            table = load_metadata(node.metadata)
-        except (ValueError, FileNotFoundError) as error:
-            raise ConfigError(f"{where}.metadata: {error}") from None
-        for split in ("train", "eval") if "prompts" in cfg.get("model", {}) else ():
-            for prompt in cfg.model.prompts[split]:
-                try:
-                    metadata_of(table, prompt)
-                except ValueError as error:
-                    raise ConfigError(f"model.prompts.{split}: {error}") from None
+    check_geneval(cfg, nodes, splits=("train", "eval"))
     e = cfg.get("evaluation", {})
     held_out = list(e.get("rewards") or [])
     options = single_reward_options(CONFIG_DIR)
@@ -200,6 +206,8 @@ def check_rewards(cfg: DictConfig) -> None:
     _check(len(set(held_out)) == len(held_out), "evaluation.rewards", held_out, "names a reward twice")
     stray = sorted(set(e.get("settings") or {}) - set(held_out))
     _check(not stray, "evaluation.settings", stray, f"names rewards that are not held out; evaluation.rewards: {held_out}")
+    held_out_nodes = component_configs(held_out, e.get("settings") or {}, CONFIG_DIR)
+    check_geneval(cfg, [(f"evaluation.settings.{n}", c) for n, c in held_out_nodes.items()], splits=("eval",))
 
 
 def validate(cfg: DictConfig) -> None:
