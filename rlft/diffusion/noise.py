@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 # What the noise is for: each its own stream, so that e.g. evaluation never shares noise with training.
-STREAMS = {"rollout": 0, "query": 1, "finetune": 2, "eval": 3, "query_prompts": 4, "proxy_query": 5, "proxy_query_prompts": 6}
+STREAMS = {"rollout": 0, "query": 1, "finetune": 2, "eval": 3, "query_prompts": 4, "proxy_query": 5, "proxy_query_prompts": 6,
+           "benchmark": 7}
 
 
 def stream_generator(seed: int, stream: str, epoch: int, index: int = 0, device: torch.device | str = "cpu") -> torch.Generator:

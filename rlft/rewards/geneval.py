@@ -143,6 +143,10 @@ class GenEvalReward:
         self.score, self.position_quirk = score, position_quirk
         self.keep = dict(threshold=threshold, counting_threshold=counting_threshold, max_objects=max_objects)
 
+    def group_of(self, prompt: str) -> str:
+        """The prompt's GenEval task (its tag): `rlft benchmark` averages within each, then over them."""
+        return metadata_of(self.metadata, prompt)["tag"]
+
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         metadata = [metadata_of(self.metadata, p) for p in prompts]  # before any work: unknown prompts refused
         rewards = []

@@ -1,5 +1,5 @@
 """`rlft` / `python -m rlft`: the Hydra app around `rlft.run.train.train`, and the tools around
-runs as subcommands (`rlft compare`, `rlft plot`, `rlft sample`, `rlft bench`, `rlft pretrain`,
+runs as subcommands (`rlft compare`, `rlft plot`, `rlft sample`, `rlft benchmark`, `rlft bench`, `rlft pretrain`,
 `rlft serve`)."""
 
 import importlib
@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "compare": ("rlft.tools.compare", "argparse"),
     "plot": ("rlft.tools.plot", "argparse"),
     "sample": ("rlft.tools.sample", "hydra"),
+    "benchmark": ("rlft.tools.benchmark", "hydra"),
     "bench": ("rlft.tools.bench", "hydra"),
     "pretrain": ("rlft.pretrain.__main__", "hydra"),
     "serve": ("rlft.tools.serve", "hydra"),
