@@ -23,6 +23,7 @@ KEY = re.compile(r"^([A-Za-z_$][\w.@/${}:-]*):(?:\s+|$)(.*)$")
 PRIMARY = {  # the configs an entry point composes, and the command that composes it
     "config.yaml": "rlft (python -m rlft)",
     "sample.yaml": "rlft sample",
+    "benchmark.yaml": "rlft benchmark",
     "bench.yaml": "rlft bench",
     "pretraining.yaml": "rlft pretrain",
     "serve.yaml": "rlft serve",
