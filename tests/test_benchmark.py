@@ -39,7 +39,7 @@ def test_the_samples_do_not_depend_on_the_batch_size(tiny_model_dir, tmp_path):
     summary = json.loads((tmp_path / "a.jsonl.summary.json").read_text())
     for name in ("reward", "digit_alignment"):
         assert summary[name]["mean"] == pytest.approx(sum(r[name] for r in a) / len(a)) and summary[name]["n"] == len(a)
-    assert "prompts x 2 samples" in out and "digit_alignment" in out
+    assert "prompts x 2 samples" in out and "reward=compressibility" in out and "digit_alignment" in out
 
 
 def test_genevals_tasks_and_their_mean_on_a_detector_that_sees_two_cats(tmp_path):

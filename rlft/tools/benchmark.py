@@ -79,15 +79,23 @@ def benchmark(cfg: DictConfig) -> dict:
         group_of = getattr(scorer, "group_of", None)
         summary[name] = summarize(scores[name], [group_of(p) for p in prompts] if group_of else None)
     Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=2))
-    print(format_table(summary, len(cfg.model.prompts.eval), b.per_prompt))
+    print(format_table(summary, len(cfg.model.prompts.eval), b.per_prompt, trained_reward_option()))
     print(f"wrote {len(jobs)} samples' scores to {out} and the table to {out}.summary.json")
     return summary
 
 
-def format_table(summary: dict, prompts: int, per_prompt: int) -> str:
+def trained_reward_option() -> str | None:
+    """The reward= option this run composed (its label in the table), when Hydra knows it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("reward") if HydraConfig.initialized() else None
+
+
+def format_table(summary: dict, prompts: int, per_prompt: int, option: str | None = None) -> str:
     lines = [f"{prompts} prompts x {per_prompt} samples", f"{'reward':<24}{'mean':>10}{'± sem':>10}{'n':>7}{'non-finite':>12}"]
     for name, s in summary.items():
-        lines.append(f"{name:<24}{s['mean']:>10.4f}{s['sem']:>10.4f}{s['n']:>7}{s['nonfinite']:>12}")
+        label = f"reward={option}" if name == "reward" and option else name
+        lines.append(f"{label:<24}{s['mean']:>10.4f}{s['sem']:>10.4f}{s['n']:>7}{s['nonfinite']:>12}")
         for group, mean in s.get("groups", {}).items():
             lines.append(f"  {group:<22}{mean:>10.4f}")
         if "groups" in s:
