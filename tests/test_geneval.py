@@ -293,6 +293,15 @@ def test_the_whole_reward_on_a_detector_that_sees_two_cats(detector_dir, clip_di
     assert scores["correct"] == [1.0, 1.0, 0.0, 0.0, float(red)]
 
 
+def test_the_detector_sees_mmdets_input_size_by_default(detector_dir):
+    from rlft.rewards.geneval import Mask2FormerDetector
+
+    image = Image.new("RGB", (48, 32))
+    for size, expected in (((800, 1333), (1, 3, 800, 1216)), (None, (1, 3, 64, 96))):  # 1200 up to a multiple of 32
+        processor = Mask2FormerDetector(str(detector_dir), size=size).processor
+        assert tuple(processor(images=[image], return_tensors="pt")["pixel_values"].shape) == expected
+
+
 def test_bad_settings_are_refused(detector_dir, clip_dir, tmp_path):
     metadata = str(write_metadata(tmp_path / "meta.jsonl"))
     with pytest.raises(ValueError, match=r"reward.score='accuracy' is invalid: one of \['partial', 'strict', 'correct'\]"):

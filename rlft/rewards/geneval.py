@@ -70,8 +70,11 @@ def instance_detections(class_logits: torch.Tensor, mask_logits: torch.Tensor, p
 class Mask2FormerDetector:
     """Images -> per COCO class name, its instances (`Detection`s, any confidence)."""
 
-    def __init__(self, path: str, dtype: str = "float32"):
-        self.processor = Mask2FormerImageProcessorPil.from_pretrained(path)
+    def __init__(self, path: str, dtype: str = "float32", size: Sequence[int] | None = (800, 1333)):
+        # mmdet's test input for GenEval's detector: shortest side 800, longest at most 1333 (the hub
+        # processor's own size may be smaller); None keeps the processor's.
+        sizes = {"size": {"shortest_edge": size[0], "longest_edge": size[1]}} if size else {}
+        self.processor = Mask2FormerImageProcessorPil.from_pretrained(path, **sizes)
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         labels = self.model.config.num_labels
         if labels != len(CLASSNAMES):
@@ -135,11 +138,13 @@ class GenEvalReward:
 
     def __init__(self, detector_path: str, clip_path: str, metadata: Sequence[str] | str | None = None,
                  score: str = "partial", threshold: float = 0.3, counting_threshold: float = 0.9,
-                 max_objects: int = 16, position_quirk: bool = True, dtype: str = "float32"):
+                 max_objects: int = 16, position_quirk: bool = True, dtype: str = "float32",
+                 detector_size: Sequence[int] | None = (800, 1333)):
         if score not in SCORES:
             raise ValueError(f"reward.score={score!r} is invalid: one of {list(SCORES)}")
         self.metadata = load_metadata(metadata)
-        self.detector, self.colors = Mask2FormerDetector(detector_path, dtype), ClipColors(clip_path, dtype)
+        self.detector = Mask2FormerDetector(detector_path, dtype, detector_size)
+        self.colors = ClipColors(clip_path, dtype)
         self.score, self.position_quirk = score, position_quirk
         self.keep = dict(threshold=threshold, counting_threshold=counting_threshold, max_objects=max_objects)
 
