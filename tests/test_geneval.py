@@ -201,6 +201,8 @@ def test_instance_post_processing_against_brute_force():
     np.testing.assert_allclose([t[1] for t in ours], [t[1] for t in expected], rtol=1e-5)
     assert [t[2] for t in ours] == [[float(v) for v in t[2]] for t in expected]
     assert found[0]["mask"].shape == size
+    above = instance_detections(class_logits, mask_logits, padded, resized, size, max_per_image=7, min_score=0.1)
+    assert sorted(d["score"] for d in above) == sorted(d["score"] for d in found if d["score"] > 0.1) and above
 
 
 @pytest.fixture(scope="module")

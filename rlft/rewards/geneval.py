@@ -45,13 +45,15 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 def instance_detections(class_logits: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[int, int],
-                        resized: tuple[int, int], size: tuple[int, int], max_per_image: int = 100) -> list[dict]:
+                        resized: tuple[int, int], size: tuple[int, int], max_per_image: int = 100,
+                        min_score: float = float("-inf")) -> list[dict]:
     """One image's Mask2Former outputs -> instances as mmdet's `instance_postprocess` returns them:
     the top `max_per_image` (query, class) pairs by class probability, each scored by its class
     probability times its mask's mean foreground probability.
 
     class_logits (Q, C + 1), mask_logits (Q, h, w); `padded` the model input's size, `resized`
-    the image's size inside it, `size` the original image's (H, W)."""
+    the image's size inside it, `size` the original image's (H, W). Instances scoring `min_score`
+    or less are left out (every threshold would drop them; their masks are not copied)."""
     masks = F.interpolate(mask_logits[None].float(), size=padded, mode="bilinear", align_corners=False)[0]
     masks = masks[:, :resized[0], :resized[1]]
     masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -64,7 +66,7 @@ def instance_detections(class_logits: torch.Tensor, mask_logits: torch.Tensor, p
     mask_score = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
     scores, boxes = top * mask_score, mask_boxes(binary)
     return [{"label": int(l), "score": float(s), "box": tuple(b.tolist()), "mask": m.numpy()}
-            for l, s, b, m in zip(labels, scores, boxes, binary)]
+            for l, s, b, m in zip(labels, scores, boxes, binary) if s > min_score]
 
 
 class Mask2FormerDetector:
@@ -82,14 +84,14 @@ class Mask2FormerDetector:
                              f"segmentation model of its {len(CLASSNAMES)} classes (facebook/mask2former-swin-small-coco-instance)")
 
     @torch.no_grad()
-    def __call__(self, image: Image.Image) -> dict[str, list[Detection]]:
+    def __call__(self, image: Image.Image, min_score: float = float("-inf")) -> dict[str, list[Detection]]:
         inputs = self.processor(images=[image], return_tensors="pt")
         pixel_mask = inputs["pixel_mask"][0].bool()
         outputs = self.model(pixel_values=inputs["pixel_values"].to(self.model.dtype), pixel_mask=inputs["pixel_mask"])
         resized = (int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum()))
         found: dict[str, list[Detection]] = {}
         for d in instance_detections(outputs.class_queries_logits[0], outputs.masks_queries_logits[0],
-                                     tuple(pixel_mask.shape), resized, (image.height, image.width)):
+                                     tuple(pixel_mask.shape), resized, (image.height, image.width), min_score=min_score):
             found.setdefault(CLASSNAMES[d["label"]], []).append(Detection(d["box"], d["score"], d["mask"]))
         return found
 
@@ -156,7 +158,8 @@ class GenEvalReward:
         metadata = [metadata_of(self.metadata, p) for p in prompts]  # before any work: unknown prompts refused
         rewards = []
         for image, meta in zip(to_pil(images), metadata):
-            objects = keep_confident(self.detector(image), meta["tag"], **self.keep)
+            bar = min(self.keep["threshold"], self.keep["counting_threshold"])  # below both: never kept
+            objects = keep_confident(self.detector(image, min_score=bar), meta["tag"], **self.keep)
             colors_of = lambda name, found, image=image: self.colors(image, name, found)  # noqa: E731
             if self.score == "correct":  # only the verdict asked for: each one classifies colours
                 rewards.append(float(correct(meta, objects, colors_of)))
