@@ -10,6 +10,7 @@ from rlft.tools.bench import native_bfloat16
 from tests.test_end_to_end import run_rlft
 
 
+@pytest.mark.slow  # ~75 s: run by .ci/run after the default suite
 def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     run = tmp_path / "bench"
     out = run_rlft("bench", f"model.pretrained={tiny_model_dir}", "bench.repeats=1", "bench.samples=4", "policy.num_steps=2",

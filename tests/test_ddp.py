@@ -89,6 +89,7 @@ def test_grpo_on_two_processes_equals_one(tiny_model_dir, tmp_path):
     assert_same_run(one, two, must_move=["train/kl", "train/grad_norm", "rollout/advantage_absmean"], weight_atol=1e-3)
 
 
+@pytest.mark.slow  # ~90 s (two processes, SEIKO's rounds): run by .ci/run after the default suite
 def test_seiko_on_two_processes_equals_one(tiny_model_dir, tmp_path):
     one, two = two_and_one(
         tmp_path, tiny_model_dir,
