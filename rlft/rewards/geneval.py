@@ -23,9 +23,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoProcessor, CLIPModel, Mask2FormerForUniversalSegmentation
+from transformers import AutoProcessor, Mask2FormerForUniversalSegmentation
 from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
+from rlft.rewards.aesthetic import shared_clip
 from rlft.rewards.clip_similarity import to_pil
 from rlft.rewards.geneval_rules import (CLASSNAMES, COLORS, SCORES, Detection, correct, keep_confident, load_metadata,
                                         metadata_of, partial_and_strict)
@@ -102,7 +103,7 @@ class ClipColors:
     `zero_shot_classifier`: normalised, averaged, normalised again)."""
 
     def __init__(self, path: str, dtype: str = "float32"):
-        self.clip = CLIPModel.from_pretrained(path, dtype=getattr(torch, dtype)).requires_grad_(False).eval()
+        self.clip = shared_clip(path, dtype)  # one copy with reward=clipscore's on the same CLIP
         self.processor = AutoProcessor.from_pretrained(path)
         self.classifiers: dict[str, torch.Tensor] = {}
 
@@ -149,6 +150,7 @@ class GenEvalReward:
         self.colors = ClipColors(clip_path, dtype)
         self.score, self.position_quirk = score, position_quirk
         self.keep = dict(threshold=threshold, counting_threshold=counting_threshold, max_objects=max_objects)
+        self.min_score = min(threshold, counting_threshold)  # below both: never kept, not even copied
 
     def group_of(self, prompt: str) -> str:
         """The prompt's GenEval task (its tag): `rlft benchmark` averages within each, then over them."""
@@ -158,8 +160,7 @@ class GenEvalReward:
         metadata = [metadata_of(self.metadata, p) for p in prompts]  # before any work: unknown prompts refused
         rewards = []
         for image, meta in zip(to_pil(images), metadata):
-            bar = min(self.keep["threshold"], self.keep["counting_threshold"])  # below both: never kept
-            objects = keep_confident(self.detector(image, min_score=bar), meta["tag"], **self.keep)
+            objects = keep_confident(self.detector(image, min_score=self.min_score), meta["tag"], **self.keep)
             colors_of = lambda name, found, image=image: self.colors(image, name, found)  # noqa: E731
             if self.score == "correct":  # only the verdict asked for: each one classifies colours
                 rewards.append(float(correct(meta, objects, colors_of)))
