@@ -14,6 +14,7 @@ from rlft.algorithms.advantages import group_normalized
 from rlft.algorithms.pipeline import OnlineRL
 from rlft.rewards.jpeg import JpegCompressibility, JpegIncompressibility
 from rlft.rewards.multi import MultiReward
+from rlft.rewards.scorer import Scorer
 from rlft.run.validation import ConfigError, validate
 from rlft.tools.tensorboard import read_scalars
 from tests.conftest import save_tiny_model
@@ -42,7 +43,7 @@ def test_per_component_advantages_are_each_group_normalised_then_weighted():
     values, written out here with group_normalized's formula, weighted and summed; a NaN in one
     component leaves the other component's advantage to that sample."""
     module = OnlineRL.__new__(OnlineRL)  # only the advantage code: no policy needed
-    module.multi = MultiReward({"a": 1.0, "b": 0.25}, {"a": constant(0), "b": constant(0)}, combine="advantages")
+    module.scorer = Scorer(MultiReward({"a": 1.0, "b": 0.25}, {"a": constant(0), "b": constant(0)}, combine="advantages"))
     module.group_size, module.std_normalize, module.global_std, module.adv_clip_max = 2, True, False, 5.0
     module.component_trackers = None
     parts = torch.tensor([[1.0, 10.0], [3.0, 30.0], [2.0, float("nan")], [0.0, 50.0]])
@@ -98,7 +99,7 @@ def test_components_and_held_out_rewards_build_from_their_group_options_with_set
     assert isinstance(reward.rewards["incompressibility"], JpegIncompressibility)
     assert reward.rewards["incompressibility"].quality == 50 and reward.rewards["compressibility"].quality == 95
     evaluation = instantiate(cfg.algorithm.module.evaluation)
-    assert list(evaluation.held_out) == ["digit_alignment"] and evaluation.multi is not None
+    assert list(evaluation.held_out) == ["digit_alignment"] and evaluation.scorer.components == reward.names
 
 
 def test_a_ppo_run_logs_every_component_and_held_out_reward_and_stores_each_answer(tmp_path):

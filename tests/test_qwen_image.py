@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds
+from rlft.diffusion.policy import DiffusionPolicy
+from rlft.types import PromptEmbeds
 from rlft.models.qwen_image import load_qwen_image
 from rlft.tools.tensorboard import read_scalars
 from tests.test_end_to_end import run_rlft

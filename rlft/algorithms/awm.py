@@ -24,17 +24,20 @@ deterministic included. Flow models only (the matching target is the velocity's)
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 
 from rlft.algorithms.old_policy import old_policy_decay
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.diffusion.flow import step_sigmas
 from rlft.diffusion.gaussian import per_sample
-from rlft.diffusion.policy import Trajectories
+from rlft.types import Trajectories
 from rlft.diffusion.reference import base_reference, snapshot
 from rlft.run.preemption import stop_if_requested
+from rlft.checks import check
 
-from rlft.run.validation import AWM_WEIGHTINGS as WEIGHTINGS  # the names checked at composition
+WEIGHTINGS = ("uniform", "t", "t**2", "huber", "ghuber")
+TIME_TYPES = ("discrete", "discrete_wo_init")
 
 
 def awm_log_prob(v: torch.Tensor, noise: torch.Tensor, x_0: torch.Tensor, t: torch.Tensor, weighting: str = "ghuber",
@@ -78,6 +81,35 @@ class MatchingBatch(MicroBatch):
 
 class AWM(OnlineRL):
     first_update_stats = ("approx_kl", "clipfrac")
+    needs_stochastic_steps = False  # trained on the forward process: any sampler, deterministic included
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        cls.check_flow_model(cfg, "AWM")
+        super().check_config(cfg, node, where)
+        a, p = cfg.algorithm, cfg.policy
+        check(a.weighting in WEIGHTINGS, "algorithm.weighting", a.weighting, f"must be one of {list(WEIGHTINGS)}")
+        check(a.time_type in TIME_TYPES, "algorithm.time_type", a.time_type, f"must be one of {list(TIME_TYPES)}")
+        available = int(p.num_steps * a.timestep_fraction) - (a.time_type == "discrete_wo_init")
+        check(isinstance(a.train_timesteps, int) and 1 <= a.train_timesteps <= available, "algorithm.train_timesteps",
+              a.train_timesteps, f"must be an integer in [1, {available}]: one time from each stratum of the "
+              f"first int(timestep_fraction * policy.num_steps) steps")
+        check(0 < a.clip_range <= 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1] (public: 1)")
+        check(a.advantage_max > 0, "algorithm.advantage_max", a.advantage_max, "must be > 0")
+        check(a.ema_kl_weight >= 0, "algorithm.ema_kl_weight", a.ema_kl_weight, "must be >= 0 (0: no EMA term)")
+        check(0 <= a.ema_kl_max_decay < 1, "algorithm.ema_kl_max_decay", a.ema_kl_max_decay, "must be in [0, 1)")
+        check(p.guidance_scale == 1, "policy.guidance_scale", p.guidance_scale,
+              "must be 1 for algorithm=awm: the public runs train and sample the conditional velocity")
+
+    @classmethod
+    def trained_steps_per_sample(cls, cfg: DictConfig, window: int) -> int:
+        return cfg.algorithm.train_timesteps
+
+    @classmethod
+    def evals_per_trained_step(cls, cfg: DictConfig) -> int:
+        # the old log-probability's forward (same noise and time), the base's for the KL, the EMA adapter's
+        a = cfg.algorithm
+        return 4 + (1 if a.kl_weight else 0) + (1 if a.ema_kl_weight else 0)
 
     def __init__(self, group_size: int = 8, train_timesteps: int = 6, time_type: str = "discrete",
                  weighting: str = "ghuber", ghuber_power: float = 0.25, clip_range: float = 1.0,

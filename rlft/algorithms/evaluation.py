@@ -10,7 +10,10 @@ from rlft.algorithms.scored_sampling import sample_and_score
 from rlft.run.answers import AnswerStore
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
-from rlft.rewards.multi import MultiReward
+from rlft.assets import CONFIG_DIR
+from rlft.checks import check, check_node
+from rlft.rewards.multi import component_configs, single_reward_options, trained_components
+from rlft.rewards.scorer import Scorer
 from rlft.run.distributed import gather, rank_and_world, shard
 
 
@@ -43,12 +46,30 @@ class HeldOutEvaluation:
     `eval/<name>`: reward hacking shows as the trained reward rising while these fall.
     """
 
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        """The held-out rewards (`evaluation.rewards`, `evaluation.settings`): known names, none trained
+        on, none twice, settings only for held-out ones; then each one's own checks."""
+        e = cfg.get("evaluation", {})
+        held_out = list(e.get("rewards") or [])
+        trained = trained_components(cfg.get("reward", {}))
+        options = single_reward_options(CONFIG_DIR)
+        for name in held_out:
+            check(name in options, "evaluation.rewards", held_out, f"{name!r} is no reward option; valid: {options}")
+            check(name not in trained, "evaluation.rewards", held_out,
+                  f"{name} is a component of reward=multi, trained on and logged as eval/{name} already; a held-out reward is one the policy does not see")
+        check(len(set(held_out)) == len(held_out), "evaluation.rewards", held_out, "names a reward twice")
+        stray = sorted(set(e.get("settings") or {}) - set(held_out))
+        check(not stray, "evaluation.settings", stray, f"names rewards that are not held out; evaluation.rewards: {held_out}")
+        for name, reward in component_configs(held_out, e.get("settings") or {}, CONFIG_DIR).items():
+            check_node(cfg, reward, f"evaluation.settings.{name}")
+
     def __init__(self, reward_fn: Callable, samples_per_prompt: int = 4, seed: int = 2024, batch_size: int = 64,
                  held_out: dict[str, Callable] | None = None):
         self.reward_fn = reward_fn
-        self.multi = reward_fn if isinstance(reward_fn, MultiReward) else None
+        self.scorer = Scorer(reward_fn)
         self.held_out = dict(held_out or {})
-        clash = sorted(set(self.held_out) & set(self.multi.names if self.multi else ()))
+        clash = sorted(set(self.held_out) & set(self.scorer.components))
         if clash:
             raise ValueError(f"evaluation.rewards {clash} are trained on (components of reward=multi): a held-out "
                              f"reward is one the policy does not see; each component is logged as eval/<name> already")
@@ -76,20 +97,17 @@ class HeldOutEvaluation:
             progress=progress, desc="evaluating")
         self.unet_evaluations += policy.unet_evaluations - before
         parts = torch.cat(asked)  # (B, K): the trained reward (or each component), then the held-out ones
-        k = len(self.multi.names) if self.multi else 1
-        trained = self.multi.combine_parts(parts[:, :k]) if self.multi else parts[:, 0]
-        names = [*(self.multi.names if self.multi else []), *self.held_out]
-        scored = parts if self.multi else parts[:, 1:]  # every column but the single trained reward's
+        components = self.scorer.components
+        trained = self.scorer.combine(parts[:, : max(1, len(components))])
+        names = [*components, *self.held_out]
+        scored = parts if components else parts[:, 1:]  # every column but the single trained reward's
         every = gather(torch.cat([trained[:, None], scored], dim=1), world)
         metrics = {f"eval/{name}": mean_of_finite(every[:, i]) for i, name in enumerate(["oracle_reward", *names])}
         return metrics, trajectories.images, prompts, trained
 
     def ask(self, answers: AnswerStore, key: str, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """-> (b, K): the trained reward (at `key`, or each component at `key/<name>`), then each held-out reward."""
-        if self.multi:
-            trained = answers.ask_each(key, images, prompts, self.multi.rewards)
-        else:
-            trained = answers.ask(key, images, prompts, self.reward_fn)[:, None]
+        trained = self.scorer.ask(answers, key, images, prompts)
         if not self.held_out:
             return trained
         return torch.cat([trained, answers.ask_each(key, images, prompts, self.held_out)], dim=1)

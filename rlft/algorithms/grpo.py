@@ -19,10 +19,12 @@ negatively biased ratios drive.
 """
 
 import torch
+from omegaconf import DictConfig
 
 from rlft.algorithms.pipeline import MicroBatch
 from rlft.algorithms.ppo import PPO
 from rlft.algorithms.ppo_loss import ppo_clip_loss
+from rlft.checks import check
 from rlft.diffusion.flow import step_sigmas
 from rlft.diffusion.gaussian import KL_FORMS, gaussian_kl_equal_std, kl_std, reduce_over_sample
 from rlft.diffusion.reference import base_reference
@@ -66,6 +68,21 @@ class GRPO(PPO):
                              "samples with DDIM: use kl_form=exact")
         self.kl_weight, self.kl_form = kl_weight, kl_form
         self.reference = base_reference(self.policy)  # built from the base: still untrained here
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        super().check_config(cfg, node, where)
+        a = cfg.algorithm
+        check(isinstance(a.guard, bool), "algorithm.guard", a.guard, "must be true or false")
+        check(a.kl_form in KL_FORMS, "algorithm.kl_form", a.kl_form, f"must be one of {list(KL_FORMS)}")
+        check(a.kl_form == "exact" or cfg.model.get("family", "ddim") == "flow", "algorithm.kl_form", a.kl_form,
+              f"is flow_grpo's form for rectified-flow models, and model={cfg.model.name} samples with DDIM: use exact")
+        check(not (cfg.policy.get("sde_type", "sde") == "cps" and a.kl_form != "exact"), "algorithm.kl_form",
+              a.kl_form, "must be exact with policy.sde_type=cps (flow_grpo's without_dt form is the SDE step's)")
+
+    @classmethod
+    def evals_per_trained_step(cls, cfg: DictConfig) -> int:
+        return 3 + (1 if cfg.algorithm.kl_weight else 0)  # the base's forward for the KL
 
     def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         step = self.policy.transition(mb.latents, mb.next_latents, mb.timesteps, mb.embeds)

@@ -4,6 +4,8 @@ stops with a clear error when they persist."""
 
 import torch
 
+from rlft.checks import checked_by_building
+
 
 class NonFiniteError(FloatingPointError):
     pass
@@ -17,6 +19,8 @@ class NonFiniteGuard:
     go away by itself. Weights never see a non-finite gradient either way."""
 
     KINDS = ("nonfinite_rewards", "nonfinite_losses", "skipped_steps")
+
+    check_config = staticmethod(checked_by_building)
 
     def __init__(self, max_nonfinite_fraction: float = 0.5, max_unhealthy_epochs: int = 3):
         if not 0 <= max_nonfinite_fraction < 1:

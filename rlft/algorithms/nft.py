@@ -29,12 +29,14 @@ which this loss does not define.
 """
 
 import torch
+from omegaconf import DictConfig
 
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
 from rlft.diffusion.flow import step_sigmas
 from rlft.diffusion.gaussian import per_sample
 from rlft.algorithms.old_policy import decay_schedule, old_policy_decay
 from rlft.diffusion.reference import base_reference, snapshot
+from rlft.checks import as_config_error, check
 
 def optimality_probability(advantages: torch.Tensor, adv_clip_max: float) -> torch.Tensor:
     """A in [-adv_clip_max, adv_clip_max] -> r in [0, 1] (1/2 at the group's mean)."""
@@ -73,6 +75,23 @@ def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x_0:
 
 
 class NFT(OnlineRL):
+    needs_stochastic_steps = False  # trained on the forward process: any sampler, deterministic included
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        cls.check_flow_model(cfg, "DiffusionNFT")
+        super().check_config(cfg, node, where)
+        a, p = cfg.algorithm, cfg.policy
+        check(p.guidance_scale == 1, "policy.guidance_scale", p.guidance_scale,
+              "must be 1 for algorithm=nft: DiffusionNFT is CFG-free, it trains and samples the conditional velocity")
+        check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0 (the public code's default is 1)")
+        with as_config_error():
+            decay_schedule(a.get("decay_type"), None if a.get("decay") is None else list(a.decay))
+
+    @classmethod
+    def evals_per_trained_step(cls, cfg: DictConfig) -> int:
+        return 4 + (1 if cfg.algorithm.kl_weight else 0)  # the old policy's forward, and the base's for the KL
+
     def __init__(self, group_size: int = 8, beta: float = 1.0, adaptive_weight: bool = True, kl_weight: float = 1e-4,
                  decay_type: int | None = 1, decay: list | None = None, scale_by_adv_clip_max: bool = True, **kwargs):
         super().__init__(group_size=group_size, **kwargs)

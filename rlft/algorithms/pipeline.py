@@ -17,28 +17,27 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import lightning as L
 import torch
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from rlft.algorithms.base import RLModule
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, group_normalized
 from rlft.algorithms.evaluation_ema import ema_weights, evaluation_ema
-from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, mean_of_finite, training_work, work_state
+from rlft.algorithms.evaluation import HeldOutEvaluation, mean_of_finite
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.queries import query_fresh_samples
 from rlft.algorithms.scored_sampling import sample_and_score
-from rlft.run.answers import AnswerStore
-from rlft.run.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators
-from rlft.diffusion.policy import DiffusionPolicy, PromptEmbeds, Trajectories
-from rlft.run.distributed import gather, grad_sync, mean_over_ranks, rank_and_world, shard, sum_over_ranks
+from rlft.diffusion.policy import DiffusionPolicy
+from rlft.types import PromptEmbeds, Trajectories
+from rlft.checks import check
+from rlft.run.distributed import (check_sharding, gather, grad_sync, mean_over_ranks, rank_and_world, shard,
+                                  sum_over_ranks, world_size)
 from rlft.run.preemption import stop_if_requested
 from rlft.rewards.learned import LearnedReward
-from rlft.rewards.multi import MultiReward
-from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
-from rlft.run.validation import check_sharding
-from rlft.tools.visualize import sample_grid, video_summary
+from rlft.rewards.scorer import Scorer
 
 
 log = logging.getLogger(__name__)
@@ -59,11 +58,11 @@ class MicroBatch:
     old_means: torch.Tensor | None = None  # the step's mean at sampling time (policy.record_means: GRPO-Guard)
 
 
-class OnlineRL(L.LightningModule):
+class OnlineRL(RLModule):
     """The shared pipeline; subclasses define `loss` (and may change `advantages`,
     `accumulation_window`, `update`). Its arguments are every algorithm's."""
 
-    summary_metric = "reward/mean"  # what train() reports and the HParams tab shows
+    moves_sde_window = True
     first_update_stats: tuple[str, ...] = ()  # loss stats also reported over the first optimizer step only
     max_stats: tuple[str, ...] = ()  # loss stats reported as a maximum (others: a mean)
 
@@ -94,14 +93,11 @@ class OnlineRL(L.LightningModule):
         progress: bool = True,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(policy, optimizer, evaluation, health, log_images_every_n_epochs, progress, seed)
         # Stored in checkpoints; logger=False because train() logs the whole Hydra config.
         self.save_hyperparameters(ignore=["policy", "reward_fn", "optimizer", "evaluation", "health"], logger=False)
-        self.automatic_optimization = False
-        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.run.checkpoints)
-        self.policy = policy
         self.reward_fn = reward_fn
-        self.optimizer_factory = optimizer
+        self.scorer = Scorer(reward_fn)  # (B, K) answers: K = 1, or reward=multi's components
         self.sample_batch_size = sample_batch_size
         self.train_batch_size = train_batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps
@@ -116,39 +112,72 @@ class OnlineRL(L.LightningModule):
         self.global_std = global_std  # groups' advantages divided by the batch's std (flow_grpo's global_std)
         tracked = per_prompt_stat_tracking and group_size == 1
         self.stat_tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if tracked else None
-        # reward=multi: rewards are (B, K) components, combined by their weights (combine=sum) or
-        # normalised each on its own, with a tracker each, into advantages (combine=advantages).
-        self.multi = reward_fn if isinstance(reward_fn, MultiReward) else None
-        self.per_component = self.multi is not None and self.multi.combine == "advantages"
-        self.component_trackers = ({n: PerPromptStatTracker(stat_buffer_size, stat_min_count) for n in self.multi.names}
-                                   if self.per_component and tracked else None)
-        self.log_images_every_n_epochs = log_images_every_n_epochs
-        self.evaluation = evaluation
+        # reward=multi with combine=advantages: each component normalised on its own, with a tracker each.
+        self.component_trackers = ({n: PerPromptStatTracker(stat_buffer_size, stat_min_count) for n in self.scorer.components}
+                                   if self.scorer.separate_advantages and tracked else None)
         self.eval_every_n_epochs = eval_every_n_epochs
         self.async_reward = async_reward
-        self.health = health or NonFiniteGuard()
-        self.progress = progress
-        self.seed = seed  # names each sample's noise with the epoch and the sample's index
-        self.oracle_queries = 0  # every image scored by the reward counts (reward=ensemble: the oracle's answers)
         self.learned = reward_fn if isinstance(reward_fn, LearnedReward) else None  # reward=ensemble
         self.fit_metrics: dict[str, float] = {}  # the learned reward's fit before this epoch
-        self.elapsed_s = 0.0  # wall seconds of sampling, rewards and updates so far (time/elapsed_s)
-        self.first_reward_mean = None  # this process's first epoch, for the closing summary
         self.epoch_steps = self.epoch_skipped_steps = 0
         self.optimizer_steps = 0  # every optimizer step of the run, skipped ones included (DiffusionNFT's decay ramp)
-        self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
         # An EMA of the trained weights, stepped with every optimizer step, that evaluation samples with.
         self.ema = evaluation_ema(policy.trainable_parameters(), ema_decay) if ema_decay is not None else None
 
-    def setup(self, stage: str) -> None:
-        # With trainer.devices=auto the number of processes is known only now.
-        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch,
-                       self.train_batch_size, self.gradient_accumulation_steps)
-        reseed_at_fit_start()
-        self.answers = AnswerStore.beside_checkpoints(self.trainer)
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        super().check_config(cfg, node, where)
+        a, d = cfg.algorithm, cfg.data
+        check(0 < a.timestep_fraction <= 1, "algorithm.timestep_fraction", a.timestep_fraction, "must be in (0, 1]")
+        check(a.adv_clip_max > 0, "algorithm.adv_clip_max", a.adv_clip_max, "must be > 0")
+        ema = a.get("ema_decay")
+        check(ema is None or 0 <= ema < 1, "algorithm.ema_decay", ema,
+              "must be in [0, 1) (public: nft 0.9, awm 0.99), or null for no evaluation EMA")
+        check(a.get("num_inner_epochs", 1) >= 1, "algorithm.num_inner_epochs", a.get("num_inner_epochs"), "must be >= 1")
+        check_sharding(world_size(cfg.trainer) or 1, d.samples_per_epoch, a.train_batch_size,
+                       a.get("gradient_accumulation_steps", 1))
+        check(a.stat_buffer_size >= 1, "algorithm.stat_buffer_size", a.stat_buffer_size, "must be >= 1")
+        check(a.stat_min_count <= a.stat_buffer_size, "algorithm.stat_min_count", a.stat_min_count,
+              f"must be <= algorithm.stat_buffer_size={a.stat_buffer_size}")
+        if "group_size" in a:
+            check(isinstance(a.group_size, int) and a.group_size >= 2, "algorithm.group_size", a.group_size,
+                  f"must be an integer >= 2: algorithm={a.name} compares each sample with the others of its prompt's group")
+            check(d.samples_per_epoch % a.group_size == 0, "data.samples_per_epoch", d.samples_per_epoch,
+                  f"must be a multiple of algorithm.group_size={a.group_size} (whole groups of one prompt each)")
+        if "kl_weight" in a:
+            check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0 (0: no KL term)")
 
-    def configure_optimizers(self):
-        return self.optimizer_factory(self.policy.trainable_parameters())
+    @classmethod
+    def projected_unet_evals(cls, cfg: DictConfig, cfg_factor: int) -> float:
+        """The run's UNet work (`rlft.run.work`): every step of every sample sampled, then the trained
+        steps, `num_inner_epochs` times, each `evals_per_trained_step`."""
+        p, a = cfg.policy, cfg.algorithm
+        steps = p.num_steps
+        window = steps if p.get("sde_window") is None else p.sde_window[1] - p.sde_window[0]
+        per_sample = steps + cls.trained_steps_per_sample(cfg, window) * cls.evals_per_trained_step(cfg) * a.get("num_inner_epochs", 1)
+        return cfg.trainer.max_epochs * cfg.data.samples_per_epoch * cfg_factor * per_sample
+
+    @classmethod
+    def trained_steps_per_sample(cls, cfg: DictConfig, window: int) -> int:
+        return math.ceil(window * cfg.algorithm.get("timestep_fraction", 1.0))
+
+    @classmethod
+    def evals_per_trained_step(cls, cfg: DictConfig) -> int:
+        """Evaluations per trained step and sample: one forward with gradient (3); a loss that runs
+        other networks (a KL reference, an old policy) adds theirs."""
+        return 3
+
+    @staticmethod
+    def check_flow_model(cfg: DictConfig, title: str) -> None:
+        """The algorithms that train on the forward process of rectified flow (NFT, AWM)."""
+        family = cfg.model.get("family", "ddim")
+        check(family == "flow", "algorithm", cfg.algorithm.name,
+              f"{title} trains rectified-flow models (model.family=flow) on their forward process, and "
+              f"model={cfg.model.name} is a {family} model: use model=digits_flow (or another flow "
+              f"model: sd3, sd35_*, flux_*, flux2_klein_4b, qwen_image, wan*), or algorithm=ppo, grpo, ddpo_sf, rwr or seiko on this model")
+
+    def micro_batching(self) -> tuple:
+        return self.train_batch_size, self.gradient_accumulation_steps
 
     def on_fit_start(self) -> None:
         if self.learned is not None:
@@ -178,9 +207,10 @@ class OnlineRL(L.LightningModule):
 
     # -- one RL epoch --------------------------------------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int):
-        """`prompts`: the epoch's global batch. Under DDP each rank samples and trains on its
-        contiguous shard; rewards are gathered, so advantages and the per-prompt statistics
-        are those of the global batch, the same on every rank."""
+        """One RL epoch: sample -> score -> advantages -> update, then its metrics and (every
+        `eval_every_n_epochs`) the evaluation. `prompts`: the epoch's global batch. Under DDP each
+        rank samples and trains on its contiguous shard; rewards are gathered, so advantages and
+        the per-prompt statistics are those of the global batch, the same on every rank."""
         t0 = time.perf_counter()
         self.policy.move_window(self.current_epoch)  # MixGRPO's sliding window (policy.sde_window_shift)
         rank, world = rank_and_world(self.trainer)
@@ -188,33 +218,16 @@ class OnlineRL(L.LightningModule):
         with self.sampling_weights():
             trajectories, local_parts, reward_s = self.sample_and_score(prompts[mine.start : mine.stop], mine)
         parts = gather(local_parts, world)  # (B, K) in global order: K = 1, or reward=multi's components
-        rewards, local_rewards = self.combined(parts), self.combined(local_parts)  # (B,), this rank's (b,)
+        rewards = self.scorer.combine(parts)  # (B,)
         if self.learned is None:
             self.oracle_queries += len(rewards)
         t1 = time.perf_counter()
-        per_component = self.per_component
-        # A sample takes part in the update while one of its rewards is finite: under combine=sum
-        # its only reward is the sum; under combine=advantages each component counts on its own.
-        valid = torch.isfinite(parts).any(1) if per_component else torch.isfinite(rewards)
-        bad = int((~valid).sum())
-        self.health.count("nonfinite_rewards", bad)
-        problems = []
-        for k, name in enumerate(self.multi.names if self.multi else ()):
-            if n := int((~torch.isfinite(parts[:, k])).sum()):
-                log.warning(f"epoch {self.current_epoch}: the reward component {name} returned {n}/{len(parts)} "
-                            f"non-finite values; " + ("those samples get no advantage from it" if per_component
-                                                     else "their weighted sum is not finite"))
-        if bad:
-            examples = [prompts[i] for i in (~valid).nonzero()[:3, 0]]
-            message = f"the reward returned {bad}/{len(rewards)} non-finite values (prompts {examples})"
-            log.warning(f"epoch {self.current_epoch}: {message}; those samples get no advantage")
-            if self.health.too_many(bad, len(rewards)):
-                problems.append(message)
+        valid, problems = self.check_rewards(prompts, parts, rewards)
         train_stats = {}
         if problems:
             log.warning(f"epoch {self.current_epoch}: update skipped")
         elif valid.any():
-            advantages = self.advantages(prompts, parts if per_component else rewards, valid)
+            advantages = self.advantages(prompts, parts if self.scorer.separate_advantages else rewards, valid)
             train_stats = {"rollout/advantage_absmean": advantages[valid].abs().mean(),
                            **self.update(trajectories, advantages[mine.start : mine.stop].to(self.device))}
             if self.health.too_many(self.epoch_skipped_steps, self.epoch_steps):
@@ -230,16 +243,14 @@ class OnlineRL(L.LightningModule):
             "reward/std": finite.std(unbiased=False),
             "reward/min": finite.min(),
             "reward/max": finite.max(),
-            **self.component_metrics(parts),
+            **{f"reward/{name}": mean_of_finite(parts[:, k]) for k, name in enumerate(self.scorer.components)},
             **self.rollout_log_prob(trajectories, world),
             **({"rollout/sde_window_start": float(self.policy.sampler.window[0])}
                if self.policy.sde_window_shift is not None else {}),
-            "oracle/queries": float(self.oracle_queries),
-            "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
             **mean_over_ranks({"time/sample_s": t1 - t0, "time/reward_s": reward_s, "time/train_s": t2 - t1,
                                "time/elapsed_s": self.elapsed_s}, world),
             **train_stats,
-            **self.health.metrics(),
+            **self.run_metrics(world),
         }
         if self.learned is not None:
             metrics["proxy/disagreement"] = gather(self.learned.disagreement(trajectories.images), world).mean()
@@ -248,24 +259,50 @@ class OnlineRL(L.LightningModule):
         if self.evaluation is not None and self.eval_every_n_epochs and (
             (self.current_epoch + 1) % self.eval_every_n_epochs == 0 or self.current_epoch == self.trainer.max_epochs - 1
         ):
-            show = self.progress and self.trainer.is_global_zero
-            t_eval = time.perf_counter()
-            with self.evaluation_weights():
-                eval_metrics, images, eval_prompts, _ = self.evaluation(
-                    self.policy, self.trainer.datamodule.eval_prompts, show, self.trainer,
-                    self.answers, f"eval/epoch={self.current_epoch:05d}",
-                )
-            metrics |= eval_metrics
-            if self.learned is not None:  # what the policy optimises, on the same held-out samples
-                metrics["eval/proxy_reward"] = float(gather(self.learned(images, eval_prompts), world).mean())
-                metrics["eval/proxy_gap"] = metrics["eval/proxy_reward"] - metrics["eval/oracle_reward"]
-            metrics |= mean_over_ranks({"time/eval_s": time.perf_counter() - t_eval}, world)
-            stop_if_requested(self.trainer)
+            metrics |= self.evaluate(world)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
         if self.first_reward_mean is None:
             self.first_reward_mean = float(finite.mean())
         self.log("reward", float(finite.mean()), prog_bar=True, logger=False)
-        self.log_samples(trajectories, local_rewards)
+        self.log_samples(trajectories.images, trajectories.prompts, self.scorer.combine(local_parts), self.current_epoch)
+
+    def check_rewards(self, prompts: list[str], parts: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """-> (valid (B,): the samples that take part in the update, the epoch's problems). A sample
+        takes part while one of its rewards is finite: its only reward (the sum under reward=multi's
+        combine=sum), or under combine=advantages each component on its own. Non-finite answers are
+        counted and named; too many make the epoch unhealthy (a problem: its update is skipped)."""
+        separate = self.scorer.separate_advantages
+        valid = torch.isfinite(parts).any(1) if separate else torch.isfinite(rewards)
+        bad = int((~valid).sum())
+        self.health.count("nonfinite_rewards", bad)
+        problems = []
+        for k, name in enumerate(self.scorer.components):
+            if n := int((~torch.isfinite(parts[:, k])).sum()):
+                log.warning(f"epoch {self.current_epoch}: the reward component {name} returned {n}/{len(parts)} "
+                            f"non-finite values; " + ("those samples get no advantage from it" if separate
+                                                     else "their weighted sum is not finite"))
+        if bad:
+            examples = [prompts[i] for i in (~valid).nonzero()[:3, 0]]
+            message = f"the reward returned {bad}/{len(rewards)} non-finite values (prompts {examples})"
+            log.warning(f"epoch {self.current_epoch}: {message}; those samples get no advantage")
+            if self.health.too_many(bad, len(rewards)):
+                problems.append(message)
+        return valid, problems
+
+    def evaluate(self, world: int) -> dict[str, float]:
+        """eval/... on the held-out prompts, with the evaluation's weights."""
+        t_eval = time.perf_counter()
+        with self.evaluation_weights():
+            metrics, images, eval_prompts, _ = self.evaluation(
+                self.policy, self.trainer.datamodule.eval_prompts, self.showing_progress, self.trainer,
+                self.answers, f"eval/epoch={self.current_epoch:05d}",
+            )
+        if self.learned is not None:  # what the policy optimises, on the same held-out samples
+            metrics["eval/proxy_reward"] = float(gather(self.learned(images, eval_prompts), world).mean())
+            metrics["eval/proxy_gap"] = metrics["eval/proxy_reward"] - metrics["eval/oracle_reward"]
+        metrics |= mean_over_ranks({"time/eval_s": time.perf_counter() - t_eval}, world)
+        stop_if_requested(self.trainer)
+        return metrics
 
     def sampling_weights(self):
         """The weights that sample the epoch's batch, for the block (DiffusionNFT: its old policy)."""
@@ -301,30 +338,13 @@ class OnlineRL(L.LightningModule):
     @torch.no_grad()
     def score(self, trajectories: Trajectories, indices: range) -> tuple[torch.Tensor, float]:
         """Rewards (B, K) of one chunk (`indices`: its samples' places in the epoch) and the
-        seconds the reward took; K = 1, or one column per component of reward=multi, each
-        component's answers stored on their own. Each answer is on disk before it is used.
+        seconds the reward took (`rlft.rewards.scorer`). Each answer is on disk before it is used.
         Non-finite values are returned, not raised: `training_step` counts them and keeps
         them out of the update."""
         t0 = time.perf_counter()
         key = f"rollout/epoch={self.current_epoch:05d}/samples={indices.start}-{indices.stop}"
-        images, prompts = trajectories.images, trajectories.prompts
-        if self.multi is not None:
-            rewards = self.answers.ask_each(key, images, prompts, self.multi.rewards)
-        else:
-            rewards = self.answers.ask(key, images, prompts, self.reward_fn)
-            if rewards.shape != (len(trajectories),):
-                raise ValueError(f"the reward returned shape {tuple(rewards.shape)}; expected ({len(trajectories)},)")
-            rewards = rewards[:, None]
+        rewards = self.scorer.ask(self.answers, key, trajectories.images, trajectories.prompts)
         return rewards, time.perf_counter() - t0
-
-    def combined(self, parts: torch.Tensor) -> torch.Tensor:
-        """(B, K) rewards -> (B,) the reward trained on (reward=multi: the components' weighted sum)."""
-        return self.multi.combine_parts(parts) if self.multi is not None else parts[:, 0]
-
-    def component_metrics(self, parts: torch.Tensor) -> dict[str, float]:
-        """reward=multi: reward/<name>, each component's mean over its finite answers."""
-        names = self.multi.names if self.multi is not None else ()
-        return {f"reward/{name}": mean_of_finite(parts[:, k]) for k, name in enumerate(names)}
 
     def advantages(self, prompts: list[str], rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Advantages (B,) in [-adv_clip_max, adv_clip_max]; samples whose reward is not finite
@@ -333,9 +353,9 @@ class OnlineRL(L.LightningModule):
         a tracker of its own), then weighted and summed."""
         if rewards.ndim == 2:
             out = torch.zeros(len(rewards))
-            for k, name in enumerate(self.multi.names):
+            for k, name in enumerate(self.scorer.components):
                 tracker = self.component_trackers[name] if self.component_trackers else None
-                out += self.multi.weights[k] * self.normalized(prompts, rewards[:, k], torch.isfinite(rewards[:, k]), tracker)
+                out += self.scorer.weights[k] * self.normalized(prompts, rewards[:, k], torch.isfinite(rewards[:, k]), tracker)
         else:
             out = self.normalized(prompts, rewards, valid, self.stat_tracker)
         return out.clamp(-self.adv_clip_max, self.adv_clip_max)
@@ -394,7 +414,7 @@ class OnlineRL(L.LightningModule):
         train_steps = self.trained_steps(num_steps)
         window = self.accumulation_window(batch, train_steps)
         stats, first_update = defaultdict(list), defaultdict(list)
-        show = self.progress and self.trainer.is_global_zero
+        show = self.showing_progress
         passes = 0
         self.epoch_steps = self.epoch_skipped_steps = 0
         bar = tqdm(
@@ -436,53 +456,24 @@ class OnlineRL(L.LightningModule):
         self.health.count("skipped_steps", not stepped)
         return grad_norm
 
-    def log_samples(self, traj: Trajectories, rewards: torch.Tensor) -> None:
-        every = self.log_images_every_n_epochs
-        last_epoch = self.current_epoch == self.trainer.max_epochs - 1
-        if not every or (self.current_epoch % every and not last_epoch):
-            return
-        if not self.trainer.is_global_zero or self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
-            return  # rank 0 shows its shard
-        if traj.images.ndim == 5:  # videos (B, F, C, H, W): an animated GIF in the Images tab
-            self.logger.experiment._get_file_writer().add_summary(video_summary("samples", traj.images), self.current_epoch)
-            return
-        self.logger.experiment.add_figure("samples", sample_grid(traj.images, traj.prompts, rewards), self.current_epoch)
-
     # -- checkpoints ---------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Written at the end of an epoch: with these and the trained weights and optimizer state,
-        # a resumed run continues exactly as an uninterrupted one.
-        keep_trained_state(self, checkpoint)
-        checkpoint["rlft"] = {
+    def extra_state(self) -> dict:
+        return {
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "component_trackers": {n: t.state_dict() for n, t in (self.component_trackers or {}).items()},
-            "oracle_queries": self.oracle_queries,
             "optimizer_steps": self.optimizer_steps,
-            "elapsed_s": self.elapsed_s,
-            "work": work_state(self.policy, self.evaluation),
             "learned_reward": self.learned.state_dict() if self.learned is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "health": self.health.state_dict(),
-            "rng": get_rng_state(),
         }
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_resumable(self, checkpoint)
-        state = checkpoint.get("rlft", {})
+    def load_extra_state(self, state: dict) -> None:
         if self.stat_tracker and state.get("stat_tracker"):
             self.stat_tracker.load_state_dict(state["stat_tracker"])
         for name, tracker_state in state.get("component_trackers", {}).items():
             self.component_trackers[name].load_state_dict(tracker_state)
-        self.oracle_queries = state.get("oracle_queries", 0)
         self.optimizer_steps = state.get("optimizer_steps", 0)
-        self.elapsed_s = state.get("elapsed_s", 0.0)
-        load_work_state(self.policy, self.evaluation, state.get("work"))
         if self.learned is not None and state.get("learned_reward"):
             self.learned.load_state_dict(state["learned_reward"])
-        if "health" in state:
-            self.health.load_state_dict(state["health"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.to(self.device)
-        if "rng" in state:
-            set_rng_state(state["rng"])

@@ -4,10 +4,12 @@
 import math
 
 import torch
+from omegaconf import DictConfig
 
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
 from rlft.algorithms.ppo_loss import ppo_clip_loss
-from rlft.diffusion.policy import Trajectories
+from rlft.checks import check
+from rlft.types import Trajectories
 
 
 class PPO(OnlineRL):
@@ -18,6 +20,13 @@ class PPO(OnlineRL):
         super().__init__(**kwargs)
         self.clip_range = clip_range
         self.max_log_ratio = max_log_ratio
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        super().check_config(cfg, node, where)
+        a = cfg.algorithm
+        check(0 < a.clip_range < 1, "algorithm.clip_range", a.clip_range, "must be in (0, 1)")
+        check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
 
     def loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         log_prob = self.policy.log_prob(mb.latents, mb.next_latents, mb.timesteps, mb.embeds)

@@ -10,10 +10,13 @@ PPO's, so that `beta` is in units of the reward's spread whatever the reward's s
 import math
 
 import torch
+from omegaconf import DictConfig
 
 from rlft.algorithms.pipeline import MicroBatch, OnlineRL
-from rlft.diffusion.policy import Trajectories
-from rlft.run.validation import RWR_WEIGHTINGS as WEIGHTINGS
+from rlft.types import Trajectories
+from rlft.checks import check
+
+WEIGHTINGS = ("exp", "sparse")
 
 
 def rwr_weights(advantages: torch.Tensor, weighting: str, beta: float = 1.0, quantile: float = 0.25) -> torch.Tensor:
@@ -36,6 +39,14 @@ class RWR(OnlineRL):
     def __init__(self, weighting: str = "exp", beta: float = 1.0, quantile: float = 0.25, **kwargs):
         super().__init__(**kwargs)
         self.weighting, self.beta, self.quantile = weighting, beta, quantile
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        super().check_config(cfg, node, where)
+        a = cfg.algorithm
+        check(a.weighting in WEIGHTINGS, "algorithm.weighting", a.weighting, f"must be one of {list(WEIGHTINGS)}")
+        check(a.beta > 0, "algorithm.beta", a.beta, "must be > 0: the temperature of w = exp(A / beta)")
+        check(0 < a.quantile <= 1, "algorithm.quantile", a.quantile, "must be in (0, 1]: the share of the batch kept")
 
     def advantages(self, prompts: list[str], rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The weights (B,) that `loss` sees in place of advantages; 0 for a non-finite reward."""

@@ -14,7 +14,8 @@ from typing import Callable, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from rlft.diffusion.policy import DiffusionPolicy, Trajectories
+from rlft.diffusion.policy import DiffusionPolicy
+from rlft.types import Trajectories
 
 T = TypeVar("T")
 

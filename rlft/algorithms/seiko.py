@@ -15,26 +15,23 @@ import logging
 import time
 from typing import Callable
 
-import lightning as L
 import torch
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
+from rlft.algorithms.base import RLModule
+from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
-from rlft.run.answers import AnswerStore
-from rlft.run.checkpoints import check_resumable, keep_trained_state
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.diffusion.reference import BaseReference, lora_layers, reference_from_state, snapshot
-from rlft.run.distributed import gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks
+from rlft.checks import as_config_error, check
+from rlft.run.distributed import check_sharding, gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks, world_size
 from rlft.algorithms.queries import query_fresh_samples
 from rlft.ensemble.fit import fit_reward_model
 from rlft.ensemble.reward_ensemble import RewardEnsemble
 from rlft.run.preemption import last_checkpoint, stop_if_requested
-from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
-from rlft.run.validation import check_sharding
-from rlft.tools.visualize import sample_grid
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +43,40 @@ def ensemble_state(ensemble: RewardEnsemble) -> tuple[str, ...]:
     return tuple(f"ensemble.{key}" for key in ensemble.trained_state)
 
 
-class SEIKO(L.LightningModule):
-    summary_metric = "eval/oracle_reward"  # what train() reports and the HParams tab shows
+class SEIKO(RLModule):
+    summary_metric = "eval/oracle_reward"
+    learns_own_reward = True
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        super().check_config(cfg, node, where)
+        a, p = cfg.algorithm, cfg.policy
+        # Its reward backpropagation runs the ensemble on decoded images; on videos it would need the
+        # frame averaging inside the gradient path, which is not written (the online algorithms score frames).
+        check("num_frames" not in cfg.model, "algorithm", a.name,
+              f"SEIKO backpropagates an image reward model through the sampler, and model={cfg.model.name} is a "
+              "video model: use algorithm=ppo, grpo, ddpo_sf, rwr or nft on it (their rewards score each frame)")
+        check_sharding(world_size(cfg.trainer) or 1, cfg.data.samples_per_epoch)
+        budget = list(a.queries_per_round)
+        check(len(budget) > 0 and all(isinstance(n, int) and n > 0 for n in budget),
+              "algorithm.queries_per_round", budget, "must be a non-empty list of positive query counts")
+        check(a.num_heads >= 1, "algorithm.num_heads", a.num_heads, "must be >= 1 (the public SEIKO code uses 4)")
+        check(a.epochs_per_round >= 1, "algorithm.epochs_per_round", a.epochs_per_round, "must be >= 1")
+        check(1 <= a.truncation_steps <= p.num_steps, "algorithm.truncation_steps", a.truncation_steps,
+              f"must be in [1, policy.num_steps={p.num_steps}]")
+        check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0")
+        check(node.ensemble_epochs >= 1, f"{where}.ensemble_epochs", node.ensemble_epochs, "must be >= 1")
+        check(0 < node.ensemble_val_fraction < 1, f"{where}.ensemble_val_fraction", node.ensemble_val_fraction,
+              "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")
+    @classmethod
+    def projected_unet_evals(cls, cfg: DictConfig, cfg_factor: int) -> float:
+        """The queries sampled without gradient, then each epoch's fine-tuning through the last
+        `truncation_steps` steps with gradient (a checkpointed forward, its recomputation and backward)."""
+        a, steps = cfg.algorithm, cfg.policy.num_steps
+        queries = sum(a.queries_per_round)
+        fine_tuning = cfg.trainer.max_epochs * cfg.data.samples_per_epoch * ((steps - a.truncation_steps) + 4 * a.truncation_steps)
+        return cfg_factor * (queries * steps + fine_tuning)
+
     def __init__(
         self,
         policy: DiffusionPolicy,
@@ -72,39 +101,21 @@ class SEIKO(L.LightningModule):
         progress: bool = True,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(policy, optimizer, evaluation, health, log_images_every_n_epochs, progress, seed)
         self.save_hyperparameters(ignore=["policy", "oracle", "evaluation", "ensemble", "aggregation", "optimizer", "health"], logger=False)
-        self.automatic_optimization = False
-        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.run.checkpoints)
-        self.policy = policy
         self.oracle = oracle
-        self.evaluation = evaluation  # its own reward instance: measurement only, never fed back
         self.ensemble = ensemble
         self.ensemble.heads.requires_grad_(False)  # trainable only inside fit_ensemble
         self.aggregation = aggregation
-        self.optimizer_factory = optimizer
         self.queries_per_round = list(queries_per_round)
         self.epochs_per_round = epochs_per_round
-        self.health = health or NonFiniteGuard()
         self.reference = None  # the previous round's policy (rlft.diffusion.reference: no copy of the network)
-        self.oracle_queries = 0
-        self.elapsed_s = 0.0  # wall seconds of queries, ensemble fits and fine-tuning so far (time/elapsed_s)
         self.rounds_queried = 0  # rounds whose queries are in the feedback (a resumed run never repeats them)
         self.round_problems: list[str] = []  # non-finite oracle rewards of the current round
         self.feedback_features: torch.Tensor | None = None  # (N, feature_dim), all queries so far
         self.feedback_rewards: torch.Tensor | None = None  # (N,)
-        self.first_reward_mean = None
         self.base_eval = None
         self.round_metrics: dict[str, float] = {}
-        self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
-
-    def setup(self, stage: str) -> None:
-        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch)  # devices=auto: known only now
-        reseed_at_fit_start()
-        self.answers = AnswerStore.beside_checkpoints(self.trainer)
-
-    def configure_optimizers(self):
-        return self.optimizer_factory(self.policy.trainable_parameters())
 
     # -- the round: query the oracle, refit the ensemble --------------------------------
     def query_oracle(self, round_index: int) -> dict[str, float]:
@@ -114,7 +125,7 @@ class SEIKO(L.LightningModule):
         images, rewards = query_fresh_samples(
             self.policy, self.trainer.datamodule.train_prompts, n, self.oracle, self.answers, self.trainer,
             self.hparams.seed, "query", round_index, f"query/round={round_index:03d}", self.hparams.sample_batch_size,
-            progress=self.hparams.progress and self.trainer.is_global_zero,
+            progress=self.showing_progress,
         )
         world = rank_and_world(self.trainer)[1]
         with torch.no_grad():
@@ -194,7 +205,7 @@ class SEIKO(L.LightningModule):
         optimizer = self.optimizers()
         stats = {"reward_model": [], "kl": [], "loss": [], "grad_norm": [], "disagreement": []}
         size = self.hparams.train_batch_size
-        show = self.hparams.progress and self.trainer.is_global_zero
+        show = self.showing_progress
         rank, world = rank_and_world(self.trainer)
         steps = skipped = 0
         # A step's global batch is `world` x train_batch_size prompts, each rank its part.
@@ -239,10 +250,8 @@ class SEIKO(L.LightningModule):
                      "time/train_s": t1 - t0, "time/eval_s": time.perf_counter() - t1, "time/elapsed_s": self.elapsed_s}
         metrics = {
             **{k: float(v) for k, v in mean_over_ranks(per_rank, world).items()},
-            "oracle/queries": float(self.oracle_queries),
-            "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
+            **self.run_metrics(world),
             **eval_metrics,
-            **self.health.metrics(),
             **self.round_metrics,
         }
         self.round_metrics = {}
@@ -253,12 +262,12 @@ class SEIKO(L.LightningModule):
         self.log("work/unet_evals", metrics["work/unet_evals"], logger=False)  # for train()'s closing summary
         if self.first_reward_mean is None:
             self.first_reward_mean = self.base_eval
-        self.log_samples()
+        self.log_samples(self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards, self.current_epoch + 1)
 
     # -- evaluation on held-out prompts ------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """`step`: 0 for the base model, epoch + 1 after an epoch (the logged step). -> eval/... metrics."""
-        show = self.hparams.progress and self.trainer.is_global_zero
+        show = self.showing_progress
         metrics, self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards = self.evaluation(
             self.policy, self.trainer.datamodule.eval_prompts, progress=show, trainer=self.trainer,
             answers=self.answers, key=f"eval/step={step:05d}",
@@ -272,52 +281,30 @@ class SEIKO(L.LightningModule):
             if self.logger:
                 self.logger.log_metrics({**metrics, "oracle/queries": 0.0}, step=0)
 
-    def log_samples(self) -> None:
-        every = self.hparams.log_images_every_n_epochs
-        last_epoch = self.current_epoch == self.trainer.max_epochs - 1
-        if not every or (self.current_epoch % every and not last_epoch) or self.logger is None:
-            return
-        if not self.trainer.is_global_zero:
-            return  # rank 0 shows its shard of the evaluation
-        figure = sample_grid(self.last_eval_images, self.last_eval_prompts, self.last_eval_rewards)
-        self.logger.experiment.add_figure("samples", figure, self.current_epoch + 1)
-
     # -- checkpoints ---------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Written at the end of every epoch and right after each round's queries. With the
-        # weights (policy and ensemble heads) and optimizer state that Lightning stores, a
-        # resumed run continues exactly as an uninterrupted one, without a repeated query.
-        keep_trained_state(self, checkpoint, also=ensemble_state(self.ensemble))
-        checkpoint["rlft"] = {
-            "oracle_queries": self.oracle_queries,
-            "elapsed_s": self.elapsed_s,
-            "work": work_state(self.policy, self.evaluation),
+    # Written at the end of every epoch and right after each round's queries: with the weights
+    # (policy and ensemble heads) and optimizer state, a resumed run continues exactly as an
+    # uninterrupted one, without a repeated query.
+    def trained_state(self) -> tuple[str, ...]:
+        return ensemble_state(self.ensemble)
+
+    def extra_state(self) -> dict:
+        return {
             "rounds_queried": self.rounds_queried,
             "round_metrics": self.round_metrics,
             "round_problems": self.round_problems,
             "base_eval": self.base_eval,
-            "health": self.health.state_dict(),
             "feedback_features": self.feedback_features,
             "feedback_rewards": self.feedback_rewards,
             "reference": self.reference.state_dict() if self.reference is not None else None,
-            "rng": get_rng_state(),
         }
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_resumable(self, checkpoint, also=ensemble_state(self.ensemble))
-        state = checkpoint.get("rlft", {})
-        self.oracle_queries = state.get("oracle_queries", 0)
-        self.elapsed_s = state.get("elapsed_s", 0.0)
-        load_work_state(self.policy, self.evaluation, state.get("work"))
+    def load_extra_state(self, state: dict) -> None:
         self.rounds_queried = state.get("rounds_queried", 0)
         self.round_metrics = state.get("round_metrics", {})
         self.round_problems = state.get("round_problems", [])
         self.base_eval = state.get("base_eval")
         self.first_reward_mean = self.base_eval
-        if "health" in state:
-            self.health.load_state_dict(state["health"])
-        if "rng" in state:
-            set_rng_state(state["rng"])
         self.feedback_features = state.get("feedback_features")
         self.feedback_rewards = state.get("feedback_rewards")
         self.reference = reference_from_state(self.policy, state.get("reference"))

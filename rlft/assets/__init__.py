@@ -1,8 +1,11 @@
-"""Weights that ship with rlft: the embedded default model and its digit classifier."""
+"""What ships beside rlft's code: the embedded default model and its digit classifier (here), and
+the Hydra configs (`CONFIG_DIR`)."""
 
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).parent
+# conf/ sits at the top of the repository, beside rlft/ (rlft is installed editable).
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def asset_path(name: str) -> str:

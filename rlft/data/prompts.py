@@ -4,6 +4,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from rlft.checks import check
+
 
 class EpochSampler(RandomSampler):
     """`num_samples` indices per epoch, each prompt equally often up to one (torch's
@@ -26,6 +28,10 @@ class EpochSampler(RandomSampler):
 class PromptDataModule(L.LightningDataModule):
     """`group_size` > 1 (GRPO): an epoch draws samples_per_epoch / group_size prompts and repeats
     each group_size times, consecutively (a group)."""
+
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        check(node.samples_per_epoch >= 1, "data.samples_per_epoch", node.samples_per_epoch, "must be >= 1")
 
     def __init__(self, train: list[str], eval: list[str] | None = None, samples_per_epoch: int = 64, seed: int = 0,
                  group_size: int = 1):

@@ -7,6 +7,8 @@ reward into the policy. `max` is the public SEIKO code's choice (no temperature 
 
 import torch
 
+from rlft.checks import checked_by_building
+
 
 class Max:
     """Optimistic: the most favourable head."""
@@ -32,6 +34,8 @@ class Min:
 class Softmax:
     """sum_k softmax(r / T)_k * r_k."""
 
+    check_config = staticmethod(checked_by_building)
+
     def __init__(self, temperature: float = 1.0):
         if not temperature > 0:
             raise ValueError(
@@ -49,6 +53,7 @@ class UCB:
     """Upper confidence bound: mean + kappa * std across heads (optimism)."""
 
     sign, counterpart = 1.0, "aggregation=lcb"
+    check_config = staticmethod(checked_by_building)
 
     def __init__(self, kappa: float = 1.0):
         if not kappa >= 0:

@@ -14,13 +14,14 @@ Sigma is recomputed after every fit. Prediction and bonus are in units of the fe
 
 import torch
 
+from rlft.checks import as_config_error
 from rlft.ensemble.reward_ensemble import RewardEnsemble
 
 SIGMAS = ("sum", "cov")
 
 
 def check_settings(alpha: float, lam: float, clip: float, sigma: str) -> None:
-    """Raises ValueError naming the first bad setting (also run at composition by rlft.run.validation)."""
+    """Raises ValueError naming the first bad setting (also run at composition: `UCBReward.check_config`)."""
     for name, value, ok, valid in (("alpha", alpha, alpha >= 0, ">= 0 (0: no bonus, the greedy reward model)"),
                                    ("lam", lam, lam > 0, "> 0 (it makes Sigma + lam I invertible)"),
                                    ("clip", clip, clip > 0, "> 0 (the bonus's cap, in units of the feedback's std)"),
@@ -32,6 +33,11 @@ def check_settings(alpha: float, lam: float, clip: float, sigma: str) -> None:
 class UCBReward(RewardEnsemble):
     bootstrap = False  # one model on all the feedback
     trained_state = (*RewardEnsemble.trained_state, "precision")
+
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        with as_config_error():
+            check_settings(node.alpha, node.lam, node.clip, node.sigma)
 
     def __init__(self, backbone, feature_dim: int, hidden_dim: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                  alpha: float = 1e-2, lam: float = 1e-3, clip: float = 10.0, sigma: str = "sum"):

@@ -28,7 +28,7 @@ import torch
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 
 
 class DiffusionModel(nn.Module):

@@ -15,7 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from rlft.data.digits import vocabulary
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 from rlft.models.base import DiffusionModel, save_unet_lora, unet_denoise
 from rlft.models.prompt_encoder import WordPromptEncoder
 

@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 from rlft.models.base import PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora, vae_decode
 from rlft.models.fingerprint import base_fingerprint
 

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2
 from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora
 from rlft.models.fingerprint import base_fingerprint
 

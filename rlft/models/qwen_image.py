@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 from rlft.models.base import (PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora,
                               unnormalise_video_latents)
 from rlft.models.fingerprint import base_fingerprint

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 from rlft.models.base import DiffusionModel, check_pipeline, loading, save_unet_lora, unet_denoise, vae_decode
 from rlft.models.fingerprint import base_fingerprint
 

@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora, unnormalise_video_latents
 from rlft.models.fingerprint import base_fingerprint
 

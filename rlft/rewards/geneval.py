@@ -26,8 +26,10 @@ from PIL import Image
 from transformers import AutoProcessor, Mask2FormerForUniversalSegmentation
 from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
+from rlft.checks import ConfigError, check
 from rlft.rewards.aesthetic import shared_clip
 from rlft.rewards.clip_similarity import to_pil
+from rlft.rewards.scored_prompts import scored_splits
 from rlft.rewards.geneval_rules import (CLASSNAMES, COLORS, SCORES, Detection, correct, keep_confident, load_metadata,
                                         metadata_of, partial_and_strict)
 
@@ -135,9 +137,29 @@ class ClipColors:
         return [COLORS[i] for i in (features @ self.classifier(name)).argmax(1).tolist()]
 
 
+def check_geneval(cfg, node, where: str, splits: dict[str, list[str]]) -> None:
+    """reward=geneval judges each prompt by its GenEval metadata: a prompt it will score without any
+    (`splits`: {split: prompts}) is refused before any work."""
+    check(node.score in SCORES, f"{where}.score", node.score, f"one of {list(SCORES)}")
+    try:
+        table = load_metadata(node.metadata)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"{where}.metadata: {error}") from None
+    for split, prompts in splits.items():
+        for prompt in prompts:
+            try:
+                metadata_of(table, prompt)
+            except ValueError as error:
+                raise ConfigError(f"model.prompts.{split}: {error}") from None
+
+
 class GenEvalReward:
     """(images, prompts) -> GenEval's score per image (B,): `partial` in (-inf, 1] (a count part is
     negative when more than twice the count is found), `strict` and `correct` 0 or 1."""
+
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        check_geneval(cfg, node, where, scored_splits(cfg, where))
 
     def __init__(self, detector_path: str, clip_path: str, metadata: Sequence[str] | str | None = None,
                  score: str = "partial", threshold: float = 0.3, counting_threshold: float = 0.9,

@@ -16,12 +16,14 @@ from typing import Callable
 
 import torch
 
+from rlft.checks import algorithm_class, as_config_error, check
+from rlft.run.distributed import world_size
 from rlft.ensemble.fit import fit_reward_model, validation_split
 from rlft.ensemble.reward_ensemble import RewardEnsemble
 
 
 def check_settings(queries: int, val_fraction: float, refresh_every_n_epochs: int, epochs: int | None = None) -> None:
-    """Raises ValueError naming the first bad setting (also run at composition by rlft.run.validation)."""
+    """Raises ValueError naming the first bad setting (also run at composition: `LearnedReward.check_config`)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"reward.val_fraction={val_fraction!r} is invalid: must be in (0, 1)")
     held_out = validation_split(queries, val_fraction) if isinstance(queries, int) else 0
@@ -39,6 +41,18 @@ def check_settings(queries: int, val_fraction: float, refresh_every_n_epochs: in
 
 
 class LearnedReward:
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        a = cfg.algorithm
+        check(not algorithm_class(cfg).learns_own_reward, "reward", "ensemble",
+              f"with algorithm={a.name}: reward=ensemble is a learned reward for the sampling-based algorithms (ppo, "
+              f"grpo, ddpo_sf, rwr, nft), and algorithm={a.name} fits its own reward model on the oracle: give it the "
+              f"oracle (e.g. reward=compressibility)")
+        check((world_size(cfg.trainer) or 1) == 1, "trainer.devices", cfg.trainer.get("devices"),
+              "must be 1 with reward=ensemble (the learned reward's fit is not shared across processes yet)")
+        with as_config_error():
+            check_settings(node.queries, node.val_fraction, node.refresh_every_n_epochs, cfg.trainer.max_epochs)
+
     def __init__(self, oracle: Callable, model: RewardEnsemble, aggregation: Callable, queries: int = 256,
                  refresh_every_n_epochs: int = 0, fit_epochs: int = 100, fit_batch_size: int = 64,
                  val_fraction: float = 0.1):

@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rlft.assets import CONFIG_DIR
+from rlft.checks import algorithm_class, as_config_error, check, check_node
+
 COMBINES = ("sum", "advantages")
 
 
@@ -62,9 +65,29 @@ def component_configs(names, settings, config_dir: str) -> DictConfig:
     return OmegaConf.create(loaded)
 
 
+def trained_components(reward_cfg) -> list[str]:
+    """The names of reward=multi's components (the rewards trained on), else none."""
+    return list(reward_cfg.components) if reward_cfg.get("_target_") == f"{__name__}.MultiReward" else []
+
+
 class MultiReward:
     """(images, prompts) -> the weighted sum (B,); `parts` and `combine_parts` give the
     pipeline the components, which it asks one by one through the answer store."""
+
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        """Known names, weights > 0, settings only for named rewards; then each component's own checks."""
+        with as_config_error():
+            check_components(node.components, CONFIG_DIR)
+        check(node.combine in COMBINES, "reward.combine", node.combine, f"must be one of {list(COMBINES)}")
+        trained = list(node.components)
+        stray = sorted(set(node.get("settings") or {}) - set(trained))
+        check(not stray, "reward.settings", stray, f"names rewards that are no component; the components: {trained}")
+        check(not (algorithm_class(cfg).learns_own_reward and node.combine == "advantages"), "reward.combine",
+              node.combine, "with algorithm=seiko: SEIKO fits one reward model to the oracle's answers, so it needs one "
+              "reward per sample; use reward.combine=sum")
+        for name, component in node.rewards.items():
+            check_node(cfg, component, f"{where}.rewards.{name}")
 
     def __init__(self, components: dict[str, float], rewards: dict[str, Callable], combine: str = "sum",
                  settings: dict | None = None):

@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from Levenshtein import distance
 
+from rlft.checks import ConfigError
 from rlft.rewards.jpeg import to_pil
+from rlft.rewards.scored_prompts import scored_splits
 
 
 def ocr_target(prompt: str) -> str:
@@ -215,6 +217,18 @@ class PaddleOcr:
 
 class OcrReward:
     """(images, prompts) -> Flow-GRPO's OCR reward (B,), in [0, 1]."""
+
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        """It reads the text in each prompt's quotes: a prompt without any is refused before any work."""
+        for split, prompts in scored_splits(cfg, where).items():
+            for prompt in prompts:
+                try:
+                    ocr_target(prompt)
+                except ValueError as error:
+                    raise ConfigError(f"model.prompts.{split}: {error} ({where} is reward=ocr; the shipped set: "
+                                      f"model.prompts.train='${{prompt_set:ocr_signs}}' "
+                                      f"model.prompts.eval='${{prompt_set:ocr_signs_eval}}')") from None
 
     def __init__(self, detection_path: str, recognition_path: str, drop_score: float = 0.5, limit_side_len: int = 960):
         self.ocr = PaddleOcr(detection_path, recognition_path, drop_score, limit_side_len)

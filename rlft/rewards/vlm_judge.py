@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from openai import OpenAI, OpenAIError
 
+from rlft.checks import as_config_error
 from rlft.rewards.jpeg import to_pil
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,17 @@ def image_url(image, size: int | None) -> str:
 
 
 class VlmJudge:
+    @staticmethod
+    def check_config(cfg, node, where: str) -> None:
+        """Its settings are checked when it is built, which costs nothing (no weights, no network)."""
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+        with as_config_error("" if where == "reward" else f"{where}: "):
+            try:
+                instantiate(node)
+            except InstantiationException as error:  # Hydra's wrapper of the reward's own ValueError
+                raise (error.__cause__ if isinstance(error.__cause__, ValueError) else ValueError(str(error))) from None
+
     def __init__(self, base_url: str | None, model: str, scorer: str = "final_score",
                  question: str | None = None, api_key: str = "EMPTY", image_size: int | None = 512,
                  max_concurrency: int = 16, timeout_s: float = 120.0, retries: int = 3, max_tokens: int = 512,

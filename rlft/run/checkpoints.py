@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rlft.models.fingerprint import describe, same_base
-from rlft.run.validation import ConfigError
+from rlft.checks import ConfigError
 
 FORMAT = 2  # 1 (no "rlft_base" entry): the whole module, frozen base included
 

@@ -5,12 +5,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rlft.assets import asset_path
+from rlft.assets import CONFIG_DIR, asset_path
 from rlft.prompts import prompt_set
 from rlft.rewards.multi import component_configs
 
-# conf/ sits at the top of the repository, beside rlft/ (rlft is installed editable).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 

@@ -13,6 +13,9 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import ParallelStrategy
+from omegaconf import ListConfig
+
+from rlft.checks import check
 
 
 def rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
@@ -63,3 +66,37 @@ def grad_sync(trainer: L.Trainer, sync: bool):
 def any_rank(trainer: L.Trainer, decision: bool) -> bool:
     """True on every rank when it is true on one (a stop signal that reached one rank)."""
     return trainer.strategy.reduce_boolean_decision(decision, all=False) if trainer.world_size > 1 else decision
+
+
+def world_size(trainer_cfg) -> int | None:
+    """Processes a trainer config asks for, when the config says (devices an int or a list)."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, (list, ListConfig)):
+        devices = len(devices)
+    elif isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    if not isinstance(devices, int) or devices < 1:
+        return None  # "auto", -1: Lightning decides; the modules check again at setup
+    return devices * trainer_cfg.get("num_nodes", 1)
+
+
+def check_sharding(world: int, samples_per_epoch: int, train_batch_size: int | None = None,
+                   gradient_accumulation_steps: int = 1) -> None:
+    """Under DDP every backward pass is a collective, so every rank must run as many: each
+    gets an equal shard of the epoch's samples, cut into whole micro-batches (PPO)."""
+    check(samples_per_epoch % world == 0, "data.samples_per_epoch", samples_per_epoch,
+           f"must be a multiple of the {world} processes (trainer.devices x trainer.num_nodes), "
+           f"so that every rank gets an equal shard")
+    if train_batch_size is None:
+        return
+    per_rank = samples_per_epoch // world
+    if world == 1:
+        share, per = f"data.samples_per_epoch={samples_per_epoch}", "data.samples_per_epoch / algorithm.train_batch_size"
+    else:
+        share = f"the {per_rank} samples each of the {world} processes gets (data.samples_per_epoch={samples_per_epoch} / {world}); it is per device"
+        per = f"on each process: data.samples_per_epoch / {world} / algorithm.train_batch_size"
+    check(per_rank % train_batch_size == 0, "algorithm.train_batch_size", train_batch_size, f"must divide {share}")
+    micro_batches = per_rank // train_batch_size
+    check(gradient_accumulation_steps >= 1 and micro_batches % gradient_accumulation_steps == 0,
+           "algorithm.gradient_accumulation_steps", gradient_accumulation_steps,
+           f"must be >= 1 and divide the {micro_batches} micro-batches of an epoch ({per})")

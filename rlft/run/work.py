@@ -1,12 +1,11 @@
 """A run's UNet work projected from its config, and `policy.compile=auto`'s choice.
 
 The unit is that of `work/unet_evals` (`DiffusionPolicy.count_work`): a denoiser forward is 1
-per sample, one with gradient 3, classifier-free guidance's two branches double it. The
-projection counts what the online algorithms do per epoch (sampling every step of every
-sample, then training `timestep_fraction` of the stochastic steps, `num_inner_epochs` times;
-GRPO's KL adds a forward of the base, NFT's old policy one) and SEIKO's rounds (queries sampled
-without gradient, fine-tuning through `truncation_steps` with gradient); it is a projection
-for a decision, not the count (the run logs that).
+per sample, one with gradient 3, classifier-free guidance's two branches double it. Each
+algorithm projects its own work (`projected_unet_evals` on its class: the online algorithms'
+sampling and trained steps in `rlft.algorithms.pipeline`, with the extra forwards each loss
+takes; SEIKO's rounds in `rlft.algorithms.seiko`); it is a projection for a decision, not the
+count (the run logs that).
 
 `policy.compile=auto` compiles the denoiser when the projected work exceeds
 `compile_break_even` evaluations: the work above which the time compiling saves
@@ -15,27 +14,18 @@ machine it runs on (`compile_break_even_unet_evals` in bench.json).
 """
 
 import logging
-import math
 
 from omegaconf import DictConfig
+
+from rlft.checks import algorithm_class
 
 log = logging.getLogger(__name__)
 
 
 def projected_unet_evals(cfg: DictConfig, batched_guidance: bool) -> float:
-    p, a, epochs = cfg.policy, cfg.algorithm, cfg.trainer.max_epochs
-    steps = p.num_steps
-    window = steps if p.get("sde_window") is None else p.sde_window[1] - p.sde_window[0]
-    cfg_factor = 2 if batched_guidance else 1
-    if a.name == "seiko":
-        queries = sum(a.queries_per_round)
-        fine_tuning = epochs * cfg.data.samples_per_epoch * ((steps - a.truncation_steps) + 4 * a.truncation_steps)
-        return cfg_factor * (queries * steps + fine_tuning)
-    trained = math.ceil(window * a.get("timestep_fraction", 1.0))
-    # GRPO's KL: the base's forward; NFT: the old policy's forward, and the base's for its KL.
-    per_trained_step = 3 + (1 if a.name in ("grpo", "nft") and a.get("kl_weight", 0) else 0) + (1 if a.name == "nft" else 0)
-    per_sample = steps + trained * per_trained_step * a.get("num_inner_epochs", 1)
-    return epochs * cfg.data.samples_per_epoch * cfg_factor * per_sample
+    """The run's projected UNet work: the algorithm's class projects its own
+    (`projected_unet_evals(cfg, cfg_factor)`), CFG's two branches doubling each evaluation."""
+    return algorithm_class(cfg).projected_unet_evals(cfg, 2 if batched_guidance else 1)
 
 
 def choose_compile(cfg: DictConfig, batched_guidance: bool):

@@ -46,7 +46,7 @@ from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.ppo_loss import ppo_clip_loss
 from rlft.run.config import CONFIG_DIR, check_config_dir
 from rlft.diffusion.noise import sample_generators
-from rlft.diffusion.policy import PromptEmbeds
+from rlft.types import PromptEmbeds
 from rlft.diffusion.reference import snapshot
 from rlft.tools.size_check import size_check, size_table
 

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from rlft.diffusion.noise import stream_generator
 from rlft.rewards import frames
+from rlft.checks import check_node
 from rlft.rewards.multi import component_configs
 from rlft.run.config import CONFIG_DIR, check_config_dir
-from rlft.run.validation import check_geneval
 from rlft.tools.sample import load_policy
 
 
@@ -55,7 +55,8 @@ def benchmark(cfg: DictConfig) -> dict:
     rewards = {"reward": cfg.reward}
     held_out = list(cfg.evaluation.get("rewards") or [])
     rewards |= dict(component_configs(held_out, cfg.evaluation.get("settings") or {}, CONFIG_DIR))
-    check_geneval(cfg, list(rewards.items()), splits=("eval",))  # before any sampling
+    for name, node in rewards.items():  # before any sampling (a reward=geneval without a prompt's metadata)
+        check_node(cfg, node, name if name == "reward" else f"evaluation.settings.{name}")
     policy = load_policy(cfg, cfg.ckpt_path)
     scorers = {name: instantiate(node) for name, node in rewards.items()}
     b = cfg.benchmark

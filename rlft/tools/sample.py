@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from rlft.run.checkpoints import load_trained_policy
 from rlft.run.config import CONFIG_DIR, check_config_dir
-from rlft.tools.visualize import sample_grid
+from rlft.run.sample_images import sample_grid
 
 
 def load_policy(cfg: DictConfig, ckpt_path: str | None = None):

@@ -1,0 +1,136 @@
+"""`RLModule`: what every algorithm's LightningModule shares, the sampling-based ones
+(`rlft.algorithms.pipeline.OnlineRL`) and SEIKO alike: the policy and its optimizer, the answer
+store, the non-finite guard, the oracle-query and time counters, sample images, and the part of
+every checkpoint that makes a resumed run continue exactly; and what an algorithm's class tells
+the checks of other settings (`rlft.checks.algorithm_class`)."""
+
+from typing import Callable
+
+import lightning as L
+from omegaconf import DictConfig
+
+from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
+from rlft.algorithms.health import NonFiniteGuard
+from rlft.checks import check
+from rlft.diffusion.policy import DiffusionPolicy
+from rlft.run.answers import AnswerStore
+from rlft.run.checkpoints import check_resumable, keep_trained_state
+from rlft.run.distributed import check_sharding, sum_over_ranks
+from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
+from rlft.run.sample_images import sample_grid, video_summary
+
+
+class RLModule(L.LightningModule):
+    # What other settings may ask of the algorithm (checked at composition):
+    moves_sde_window = False  # policy.sde_window_shift moves the SDE window between its epochs
+    needs_stochastic_steps = True  # its training needs the sampler's stochastic steps (no policy.deterministic)
+    learns_own_reward = False  # it fits its own reward model on the oracle's answers (one reward per sample)
+    summary_metric = "reward/mean"  # what train() reports and the HParams tab shows
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
+        """The algorithm's settings at composition; each algorithm adds its own (super() first)."""
+        a = cfg.algorithm
+        check(a.lr > 0, "algorithm.lr", a.lr, "must be > 0")
+        check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")
+        # Named where a user sets it: PPO lifts these to algorithm.*, SEIKO keeps them in algorithm.module.*.
+        at = lambda key: f"algorithm.{key}" if key in a else f"{where}.{key}"
+        check(node.sample_batch_size >= 1, at("sample_batch_size"), node.sample_batch_size, "must be >= 1")
+        check(node.max_grad_norm > 0, at("max_grad_norm"), node.max_grad_norm, "must be > 0")
+
+    @classmethod
+    def projected_unet_evals(cls, cfg: DictConfig, cfg_factor: int) -> float:
+        """The run's projected UNet work for `policy.compile=auto` (`rlft.run.work`)."""
+        raise NotImplementedError
+
+    def __init__(self, policy: DiffusionPolicy, optimizer: Callable, evaluation: HeldOutEvaluation | None,
+                 health: NonFiniteGuard | None, log_images_every_n_epochs: int, progress: bool, seed: int):
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold the trained weights only (rlft.run.checkpoints)
+        self.policy = policy
+        self.optimizer_factory = optimizer
+        self.evaluation = evaluation  # its own reward instance: measurement only, never fed back
+        self.health = health or NonFiniteGuard()
+        self.log_images_every_n_epochs = log_images_every_n_epochs
+        self.progress = progress
+        self.seed = seed  # names each sample's noise with the epoch and the sample's index
+        self.oracle_queries = 0  # every answer of the oracle counts
+        self.elapsed_s = 0.0  # wall seconds of the run's work so far (time/elapsed_s)
+        self.first_reward_mean = None  # for train()'s closing summary
+        self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
+
+    def micro_batching(self) -> tuple:
+        """(train_batch_size, gradient_accumulation_steps) when each rank's share of an epoch is cut
+        into micro-batches that every rank must run as many of (`check_sharding`); () when not."""
+        return ()
+
+    def setup(self, stage: str) -> None:
+        # With trainer.devices=auto the number of processes is known only now.
+        check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch, *self.micro_batching())
+        reseed_at_fit_start()
+        self.answers = AnswerStore.beside_checkpoints(self.trainer)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.policy.trainable_parameters())
+
+    @property
+    def showing_progress(self) -> bool:
+        return self.progress and self.trainer.is_global_zero
+
+    def run_metrics(self, world: int) -> dict[str, float]:
+        """What every algorithm logs each epoch: oracle queries, the training's UNet work, health."""
+        return {"oracle/queries": float(self.oracle_queries),
+                "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
+                **self.health.metrics()}
+
+    def log_samples(self, images, prompts: list[str], rewards, step: int) -> None:
+        """Every `log_images_every_n_epochs` epochs and at the last, rank 0's samples: a grid of images
+        titled with their prompts and rewards, or videos (B, F, C, H, W) as an animated GIF."""
+        every = self.log_images_every_n_epochs
+        last_epoch = self.current_epoch == self.trainer.max_epochs - 1
+        if not every or (self.current_epoch % every and not last_epoch):
+            return
+        if not self.trainer.is_global_zero or self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
+            return  # rank 0 shows its shard
+        if images.ndim == 5:  # videos: an animated GIF in the Images tab
+            self.logger.experiment._get_file_writer().add_summary(video_summary("samples", images), step)
+            return
+        self.logger.experiment.add_figure("samples", sample_grid(images, prompts, rewards), step)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def trained_state(self) -> tuple[str, ...]:
+        """State-dict keys kept in checkpoints beside the policy's trainable weights."""
+        return ()
+
+    def extra_state(self) -> dict:
+        """The algorithm's own state for an exact resume (beside the shared one)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Written at the end of an epoch (SEIKO: also after a round's queries): with these and the
+        # trained weights and optimizer state, a resumed run continues exactly as an uninterrupted one.
+        keep_trained_state(self, checkpoint, also=self.trained_state())
+        checkpoint["rlft"] = {
+            "oracle_queries": self.oracle_queries,
+            "elapsed_s": self.elapsed_s,
+            "work": work_state(self.policy, self.evaluation),
+            "health": self.health.state_dict(),
+            "rng": get_rng_state(),
+            **self.extra_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumable(self, checkpoint, also=self.trained_state())
+        state = checkpoint.get("rlft", {})
+        self.oracle_queries = state.get("oracle_queries", 0)
+        self.elapsed_s = state.get("elapsed_s", 0.0)
+        load_work_state(self.policy, self.evaluation, state.get("work"))
+        if "health" in state:
+            self.health.load_state_dict(state["health"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        self.load_extra_state(state)

@@ -1,0 +1,66 @@
+"""How a config is checked before anything is built: `ConfigError` and `check`, imported by the
+class that each config names (its `check_config`) and by the run's generic `validate`
+(`rlft.run.validation`). Below every module that checks a setting, importing nothing of rlft."""
+
+import contextlib
+
+from hydra.utils import get_object
+from omegaconf import DictConfig
+
+
+class ConfigError(ValueError):
+    """A setting that is wrong, with the key to change and what is valid."""
+
+
+def check(ok: bool, setting: str, value, valid: str) -> None:
+    """Fails with "`setting`=`value` is invalid: `valid`" unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{setting}={value!r} is invalid: {valid}")
+
+
+@contextlib.contextmanager
+def as_config_error(prefix: str = ""):
+    """A ValueError raised by a check shared with the code that runs (a constructor's own) becomes
+    a ConfigError, its message kept (after `prefix`)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{prefix}{error}") from None
+
+
+def target_class(node: DictConfig):
+    """The class (or function) a config node's `_target_` names."""
+    return get_object(node._target_)
+
+
+def check_node(cfg: DictConfig, node: DictConfig, where: str) -> None:
+    """Runs the `check_config(cfg, node, where)` of the class `node` names, if it has one: the class
+    owns the checks of its settings (`cfg` is the whole config, for rules across settings)."""
+    try:
+        target = target_class(node)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f"{where}._target_={node._target_!r} is invalid: it cannot be imported ({error})") from None
+    check_config = getattr(target, "check_config", None)
+    if check_config is not None:
+        check_config(cfg, node, where)
+
+
+def algorithm_node(cfg: DictConfig) -> DictConfig:
+    """The node that builds the run's algorithm (its LightningModule)."""
+    return cfg.algorithm.module
+
+
+def algorithm_class(cfg: DictConfig):
+    """The run's algorithm: its class answers what other settings may ask of it (e.g. whether it
+    trains on the sampler's log-probabilities)."""
+    return target_class(algorithm_node(cfg))
+
+
+def checked_by_building(cfg: DictConfig, node: DictConfig, where: str) -> None:
+    """The `check_config` of a class whose constructor checks its settings and costs nothing to
+    run (no weights, no network): it is built once at composition."""
+    from hydra.utils import instantiate  # noqa: PLC0415 (Hydra's instantiate imports much; only here)
+
+    instantiate(node)
