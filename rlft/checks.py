@@ -48,8 +48,19 @@ def check_node(cfg: DictConfig, node: DictConfig, where: str) -> None:
 
 
 def algorithm_node(cfg: DictConfig) -> DictConfig:
-    """The node that builds the run's algorithm (its LightningModule)."""
-    return cfg.algorithm.module
+    """The node that builds the run's algorithm (its LightningModule): `algorithm`, whose keys are
+    the constructor's arguments but for the class's `config_only_keys`."""
+    return cfg.algorithm
+
+
+def constructor_node(node: DictConfig) -> DictConfig:
+    """`node`, resolved, without the keys its class declares are for the other configs only
+    (`config_only_keys`: an algorithm's name, epochs and learning rate)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    skip = set(getattr(target_class(node), "config_only_keys", ()))
+    resolved = OmegaConf.to_container(node, resolve=True)  # interpolations read where they stand
+    return OmegaConf.create({k: v for k, v in resolved.items() if k not in skip})
 
 
 def algorithm_class(cfg: DictConfig):

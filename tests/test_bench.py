@@ -14,14 +14,14 @@ from tests.test_end_to_end import run_rlft
 def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     run = tmp_path / "bench"
     out = run_rlft("bench", f"model.pretrained={tiny_model_dir}", "bench.repeats=1", "bench.samples=4", "policy.num_steps=2",
-                   "algorithm.train_batch_size=2", "bench.trials=true", "policy.compile={backend:eager}", f"hydra.run.dir={run}",
+                   "algorithm.train_batch_size=2", "algorithm.timestep_fraction=1.0", "bench.trials=true", "policy.compile={backend:eager}", f"hydra.run.dir={run}",
                    cwd=tmp_path).stdout
     result = json.loads((run / "bench.json").read_text())
     assert result["machine"] and f"on {result['machine']}" in out  # which CPU (or GPU) the timings came from
     for name in ("sample", "ppo_train", "seiko_step"):
         assert result[f"{name}_ratio"] > 0 and result[f"{name}_bare_s"] > 0
     assert result["peak_rss_mb"] > 0 and "outside UNet" in out and "ms/UNet eval" in out
-    # Work by hand: 4 samples x 2 steps x 2 (CFG) forwards; PPO trains each of them (x 3).
+    # Work by hand: 4 samples x 2 steps x 2 (CFG) forwards; PPO's update trains each of them (x 3).
     assert result["sample_unet_evals"] == 4 * 2 * 2
     assert result["ppo_train_unet_evals"] == 4 * 2 * 2 * 3
     assert result["seiko_step_unet_evals"] > 2 * 2 * 2 * 3  # 2 prompts, 2 steps with grad, CFG; + recompute, reference
@@ -36,12 +36,12 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
         assert result[f"{name}_compiled_ratio"] > 0 and result[f"{name}_compile_s"] >= 0
         per_call = result[f"{name}_compiled_s"] / result[f"{name}_compiled_ratio"]  # the eager loop's time
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml").algorithm
-        calls = cfg.epochs * 64 / 4 * (1 if name == "sample" else cfg.timestep_fraction)  # epochs x samples / bench.samples
+        calls = cfg.epochs * 64 / 4  # epochs x samples / bench.samples: an update per epoch's samples
         assert result[f"{name}_compiled_run_ratio"] == pytest.approx(
             (calls * result[f"{name}_compiled_s"] + result[f"{name}_compile_s"]) / (calls * per_call))
     assert "policy.compile" in out
     # compile=auto's threshold: compile time x the run's work over the time the run saves, from the same figures
-    calls = {name: cfg.epochs * 64 / 4 * (1 if name == "sample" else cfg.timestep_fraction) for name in ("sample", "ppo_train")}
+    calls = {name: cfg.epochs * 64 / 4 for name in ("sample", "ppo_train")}
     eager = {name: result[f"{name}_compiled_s"] / result[f"{name}_compiled_ratio"] for name in calls}
     saved = sum(calls[n] * (eager[n] - result[f"{n}_compiled_s"]) for n in calls)
     work = sum(calls[n] * result[f"{n}_unet_evals"] for n in calls)

@@ -22,7 +22,7 @@ from tests.test_config import compose_cfg
 from tests.test_seiko import TINY_SEIKO
 
 TINY_PPO = ["trainer.max_epochs=1", "data.samples_per_epoch=4", "algorithm.sample_batch_size=4",
-            "algorithm.train_batch_size=4", "policy.num_steps=2", "algorithm.module.evaluation.samples_per_prompt=1"]
+            "algorithm.train_batch_size=4", "policy.num_steps=2", "algorithm.evaluation.samples_per_prompt=1"]
 
 
 def fit(overrides, run_dir: Path):

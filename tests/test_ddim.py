@@ -29,7 +29,7 @@ def test_mean_and_std_match_diffusers_step(prediction_type, clip_sample, eta):
     for t in scheduler.timesteps:
         model_output, z = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
         expected = scheduler.step(model_output, t, sample, eta=eta, variance_noise=z).prev_sample
-        ours = ddim_step_with_logprob(scheduler, model_output, t, sample, eta=eta)
+        ours = ddim_step_with_logprob(scheduler, model_output, t, sample, eta)
         torch.testing.assert_close(ours.mean + ours.std * z, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -39,7 +39,7 @@ def test_log_prob_matches_torch_normal(reduction):
     scheduler = make_scheduler()
     sample, model_output = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
     t = scheduler.timesteps[3]
-    step = ddim_step_with_logprob(scheduler, model_output, t, sample, eta=1.0, reduction=reduction)
+    step = ddim_step_with_logprob(scheduler, model_output, t, sample, 1.0, reduction=reduction)
     # Independent computation of the same Gaussian from the DESIGN formulas.
     a_t = scheduler.alphas_cumprod[t]
     a_prev = scheduler.alphas_cumprod[t - 1000 // 10]  # t = 601 here, so t' >= 0
@@ -85,7 +85,7 @@ def test_stored_sample_is_a_constant():
 def test_eta_zero_is_a_clear_error():
     scheduler = make_scheduler()
     with pytest.raises(ValueError, match="eta=0"):
-        ddim_step_with_logprob(scheduler, torch.zeros(1, 4, 8, 8), scheduler.timesteps[0], torch.zeros(1, 4, 8, 8), eta=0.0)
+        ddim_step_with_logprob(scheduler, torch.zeros(1, 4, 8, 8), scheduler.timesteps[0], torch.zeros(1, 4, 8, 8), 0.0)
 
 
 def test_unknown_reduction_names_the_valid_ones():

@@ -60,7 +60,7 @@ def test_ppo_on_two_processes_equals_one(tiny_model_dir, tmp_path):
     one, two = two_and_one(
         tmp_path, tiny_model_dir,
         [ALL_TIMESTEPS, "trainer.max_epochs=2", "algorithm.num_inner_epochs=2",
-         "algorithm.gradient_accumulation_steps=2", "algorithm.clip_range=1e-3", "algorithm.module.eval_every_n_epochs=1"],
+         "algorithm.gradient_accumulation_steps=2", "algorithm.clip_range=1e-3", "algorithm.eval_every_n_epochs=1"],
         one=["algorithm.sample_batch_size=8", "algorithm.train_batch_size=4"],
         two=["algorithm.sample_batch_size=4", "algorithm.train_batch_size=2"],  # per device
     )
@@ -94,9 +94,9 @@ def test_seiko_on_two_processes_equals_one(tiny_model_dir, tmp_path):
     one, two = two_and_one(
         tmp_path, tiny_model_dir,
         ["algorithm=seiko", "algorithm.queries_per_round=[8,6]", "algorithm.epochs_per_round=2",
-         "algorithm.module.ensemble_epochs=5", "algorithm.truncation_steps=2", "algorithm.kl_weight=1"],
-        one=["algorithm.module.sample_batch_size=8", "algorithm.train_batch_size=4"],
-        two=["algorithm.module.sample_batch_size=4", "algorithm.train_batch_size=2"],
+         "algorithm.ensemble_epochs=5", "algorithm.truncation_steps=2", "algorithm.kl_weight=1"],
+        one=["algorithm.sample_batch_size=8", "algorithm.train_batch_size=4"],
+        two=["algorithm.sample_batch_size=4", "algorithm.train_batch_size=2"],
     )
     assert_same_run(one, two, must_move=["train/kl", "train/grad_norm", "ensemble/disagreement"])
     assert read_scalars(two)["oracle/queries"][-1][1] == 14  # the budget is global: 8 + 6, split over the ranks

@@ -40,7 +40,7 @@ def test_matches_float64_reference_at_every_step(shift, reduction):
     x = torch.randn(3, 4, 8, 8)
     for i, t in enumerate(scheduler.timesteps):
         v = torch.randn(3, 4, 8, 8)
-        step = flow_sde_step_with_logprob(scheduler, v, t, x, noise_level=0.7, reduction=reduction)
+        step = flow_sde_step_with_logprob(scheduler, v, t, x, 0.7, reduction=reduction)
         mean, std, log_density = reference_step(sigmas, i, x.double().numpy(), v.double().numpy(), 0.7,
                                                 step.prev_sample.double().numpy())
         np.testing.assert_allclose(step.mean.numpy(), mean, rtol=1e-5, atol=1e-5)
@@ -60,7 +60,7 @@ def test_small_noise_level_gives_diffusers_euler_step():
     for t in scheduler.timesteps:
         v = torch.randn(2, 4, 8, 8)
         euler = reference.step(v, t, x).prev_sample
-        sde = flow_sde_step_with_logprob(scheduler, v, t, x, noise_level=1e-6)
+        sde = flow_sde_step_with_logprob(scheduler, v, t, x, 1e-6)
         torch.testing.assert_close(sde.mean, euler, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(flow_ode_step(scheduler, v, t, x), euler, rtol=0, atol=1e-6)
         assert (sde.std < 1e-5).all()
@@ -157,7 +157,7 @@ def test_cps_matches_float64_reference_and_recomputes_exactly(shift):
     x = torch.randn(3, 4, 8, 8)
     for i, t in enumerate(scheduler.timesteps[:-1]):  # the last step, into sigma 0, has no noise
         v = torch.randn(3, 4, 8, 8)
-        step = flow_cps_step_with_logprob(scheduler, v, t, x, noise_level=0.8)
+        step = flow_cps_step_with_logprob(scheduler, v, t, x, 0.8)
         mean, std, log_density = reference_cps_step(sigmas, i, x.double().numpy(), v.double().numpy(), 0.8,
                                                     step.prev_sample.double().numpy())
         np.testing.assert_allclose(step.mean.numpy(), mean, rtol=1e-5, atol=1e-5)

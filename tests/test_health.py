@@ -15,7 +15,7 @@ from tests.test_seiko import TINY_SEIKO
 
 TINY_PPO = [
     "trainer.max_epochs=2", "data.samples_per_epoch=8", "algorithm.sample_batch_size=4",
-    "algorithm.train_batch_size=4", "policy.num_steps=3", "algorithm.module.evaluation.samples_per_prompt=1",
+    "algorithm.train_batch_size=4", "policy.num_steps=3", "algorithm.evaluation.samples_per_prompt=1",
 ]
 
 

@@ -98,7 +98,7 @@ def test_a_run_against_a_service_that_is_down_fails_naming_the_url(tmp_path):
 def test_a_run_scores_through_a_flaky_service(tmp_path):
     server = FlakyRewardServer(failures=1)
     module, data, trainer = http_run(tmp_path, server.url, "data.samples_per_epoch=8",
-                                     "algorithm.module.evaluation.samples_per_prompt=1")
+                                     "algorithm.evaluation.samples_per_prompt=1")
     trainer.fit(module, datamodule=data)
     assert module.oracle_queries == 8
     assert server.requests == 1 + 2 + 1  # one 503 retried, 2 sampled chunks, 1 evaluation

@@ -72,7 +72,7 @@ def test_bad_learned_reward_settings_fail_at_composition(overrides, match):
 def test_ppo_on_a_learned_reward_asks_the_oracle_only_for_its_budget_and_logs_gold_and_proxy(tiny_model_dir, tmp_path):
     cfg = compose_cfg([*TINY_RUN, f"model.pretrained={tiny_model_dir}", "reward=ensemble", "reward.queries=8",
                        "reward.refresh_every_n_epochs=1", "reward.fit_epochs=3", "aggregation=lcb",
-                       "algorithm.module.eval_every_n_epochs=1", "algorithm.module.evaluation.samples_per_prompt=1",
+                       "algorithm.eval_every_n_epochs=1", "algorithm.evaluation.samples_per_prompt=1",
                        *PIXEL_FEATURES], output_dir=str(tmp_path))
     module, data, trainer = build(cfg)
     assert isinstance(module.reward_fn, LearnedReward) and isinstance(module.reward_fn.aggregation, LCB)

@@ -31,7 +31,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(model, tmp_path):
     assets = save_tiny_assets(tmp_path / "assets", {"pipeline": save})
     args = [*sd_overrides(assets, model=model, pipeline="pipeline"), *extra, "algorithm=grpo", "algorithm.group_size=2",
             "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2", "algorithm.lr=0.05",
-            "algorithm.clip_range=0.5", "algorithm.module.eval_every_n_epochs=1"]
+            "algorithm.clip_range=0.5", "algorithm.eval_every_n_epochs=1"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_rlft(*args, "trainer.max_epochs=2", f"hydra.run.dir={straight}", cwd=tmp_path)
     run_rlft(*args, "trainer.max_epochs=1", f"hydra.run.dir={resumed}", cwd=tmp_path)

@@ -98,7 +98,7 @@ def test_components_and_held_out_rewards_build_from_their_group_options_with_set
     assert isinstance(reward.rewards["compressibility"], JpegCompressibility)
     assert isinstance(reward.rewards["incompressibility"], JpegIncompressibility)
     assert reward.rewards["incompressibility"].quality == 50 and reward.rewards["compressibility"].quality == 95
-    evaluation = instantiate(cfg.algorithm.module.evaluation)
+    evaluation = instantiate(cfg.algorithm.evaluation)
     assert list(evaluation.held_out) == ["digit_alignment"] and evaluation.scorer.components == reward.names
 
 
@@ -107,8 +107,8 @@ def test_a_ppo_run_logs_every_component_and_held_out_reward_and_stores_each_answ
     run = tmp_path / "run"
     run_rlft(f"model.pretrained={model}", "trainer.max_epochs=2", "data.samples_per_epoch=8",
              "algorithm.sample_batch_size=4", "algorithm.train_batch_size=4", "policy.num_steps=3",
-             "reward=multi", TWO, "evaluation.rewards=[digit_alignment]", "algorithm.module.eval_every_n_epochs=1",
-             "algorithm.module.evaluation.samples_per_prompt=1", f"hydra.run.dir={run}", cwd=tmp_path)
+             "reward=multi", TWO, "evaluation.rewards=[digit_alignment]", "algorithm.eval_every_n_epochs=1",
+             "algorithm.evaluation.samples_per_prompt=1", f"hydra.run.dir={run}", cwd=tmp_path)
     s = read_scalars(run)
     assert not undocumented_metrics(s, names=("compressibility", "incompressibility", "digit_alignment"))
     for epoch in range(2):

@@ -18,12 +18,12 @@ ROOT = Path(__file__).parents[1]
 PPO_RUN = [
     "trainer.max_epochs=3", "data.samples_per_epoch=8", "algorithm.sample_batch_size=4",
     "algorithm.train_batch_size=4", "algorithm.gradient_accumulation_steps=2", "policy.num_steps=3",
-    "algorithm.module.eval_every_n_epochs=2", "algorithm.module.evaluation.samples_per_prompt=1",
+    "algorithm.eval_every_n_epochs=2", "algorithm.evaluation.samples_per_prompt=1",
 ]
 SEIKO_RUN = [
     "algorithm=seiko", "algorithm.queries_per_round=[8,16]", "algorithm.epochs_per_round=2",
-    "algorithm.truncation_steps=2", "algorithm.train_batch_size=4", "algorithm.module.ensemble_epochs=3",
-    "algorithm.module.evaluation.samples_per_prompt=1", "data.samples_per_epoch=8", "policy.num_steps=3",
+    "algorithm.truncation_steps=2", "algorithm.train_batch_size=4", "algorithm.ensemble_epochs=3",
+    "algorithm.evaluation.samples_per_prompt=1", "data.samples_per_epoch=8", "policy.num_steps=3",
     "model.reward_feature_dim=4", "model.reward_features._target_=tests.test_seiko.PixelFeatures",
     "~model.reward_features.pretrained_model_name_or_path",
 ]
@@ -146,7 +146,7 @@ def test_ppo_killed_mid_epoch_pays_for_no_answer_twice(model_dir, tmp_path):
 def test_seiko_killed_between_the_oracles_answers_and_the_round_checkpoint_asks_nothing_twice(model_dir, tmp_path):
     """Round 1's 16 queries in 2 chunks of 8: SIGKILL as the second arrives, before the round's
     checkpoint. The resumed run reuses the first chunk's answers and asks only for the second."""
-    common = [f"model.pretrained={model_dir}", *SEIKO_RUN, "algorithm.module.sample_batch_size=8"]
+    common = [f"model.pretrained={model_dir}", *SEIKO_RUN, "algorithm.sample_batch_size=8"]
     rlft(tmp_path / "reference", tmp_path / "reference.log", *common)
     run, log = tmp_path / "run", tmp_path / "run.log"
     # calls of 8: round 0's one chunk, then round 1's first (answered) and second (killed).

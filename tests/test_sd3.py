@@ -97,7 +97,7 @@ def test_seiko_runs_on_sd3_without_t5(assets, tmp_path):
     run = tmp_path / "run"
     run_rlft(*sd3_overrides(assets), "model.use_t5=false", "algorithm=seiko", "algorithm.queries_per_round=[4]",
              "algorithm.epochs_per_round=1", "algorithm.truncation_steps=1", "algorithm.train_batch_size=2",
-             "algorithm.module.ensemble_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
+             "algorithm.ensemble_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
     scalars = read_scalars(run)
     assert all(math.isfinite(v) for _, v in scalars["train/kl"] + scalars["eval/oracle_reward"])
     assert (run / "checkpoints" / "last.ckpt").is_file()

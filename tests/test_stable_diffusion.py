@@ -30,7 +30,7 @@ def sd_overrides(assets, model: str = "stable_diffusion", pipeline: str = "sd") 
         "reward=aesthetic", f"reward.clip_path={assets['clip']}", f"reward.head_path={assets['head']}",
         f"model.reward_features.clip_path={assets['clip']}", "model.reward_feature_dim=8",
         "model.prompts.train=[a cat,a dog]", "model.prompts.eval=[a fox]", "data.samples_per_epoch=4",
-        "algorithm.module.evaluation.samples_per_prompt=2", "trainer.max_epochs=1",
+        "algorithm.evaluation.samples_per_prompt=2", "trainer.max_epochs=1",
     ]
 
 
@@ -60,7 +60,7 @@ def assert_lora_changes_the_pipeline(pipe, lora_dir, shape, **call) -> None:
 def test_seiko_runs_with_the_aesthetic_reward_and_clip_backbone(assets, tmp_path):
     run = tmp_path / "run"
     run_rlft(*sd_overrides(assets), "algorithm=seiko", "algorithm.queries_per_round=[4]", "algorithm.epochs_per_round=1",
-             "algorithm.truncation_steps=1", "algorithm.train_batch_size=2", "algorithm.module.ensemble_epochs=2",
+             "algorithm.truncation_steps=1", "algorithm.train_batch_size=2", "algorithm.ensemble_epochs=2",
              f"hydra.run.dir={run}", cwd=tmp_path)
     assert (run / "checkpoints" / "last.ckpt").is_file()
 

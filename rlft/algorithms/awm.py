@@ -80,6 +80,7 @@ class MatchingBatch(MicroBatch):
 
 
 class AWM(OnlineRL):
+    config_only_keys = (*OnlineRL.config_only_keys, "sampling")  # the policy's default sampler under it
     first_update_stats = ("approx_kl", "clipfrac")
     needs_stochastic_steps = False  # trained on the forward process: any sampler, deterministic included
 
@@ -139,7 +140,7 @@ class AWM(OnlineRL):
             prepared = [self.prepare(traj, rows[start : start + self.train_batch_size], advantages, num_steps)
                         for start in range(0, batch, self.train_batch_size)]
             for passes in prepared:
-                stop_if_requested(self.trainer)
+                stop_if_requested(self.attached_trainer)
                 yield from passes
 
     @torch.no_grad()

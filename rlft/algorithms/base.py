@@ -26,6 +26,8 @@ class RLModule(L.LightningModule):
     needs_stochastic_steps = True  # its training needs the sampler's stochastic steps (no policy.deterministic)
     learns_own_reward = False  # it fits its own reward model on the oracle's answers (one reward per sample)
     summary_metric = "reward/mean"  # what train() reports and the HParams tab shows
+    # Keys of `algorithm` that describe the run to the other configs, not the constructor's arguments.
+    config_only_keys = ("name", "epochs", "lr")
 
     @classmethod
     def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
@@ -33,10 +35,8 @@ class RLModule(L.LightningModule):
         a = cfg.algorithm
         check(a.lr > 0, "algorithm.lr", a.lr, "must be > 0")
         check(a.train_batch_size >= 1, "algorithm.train_batch_size", a.train_batch_size, "must be >= 1")
-        # Named where a user sets it: PPO lifts these to algorithm.*, SEIKO keeps them in algorithm.module.*.
-        at = lambda key: f"algorithm.{key}" if key in a else f"{where}.{key}"
-        check(node.sample_batch_size >= 1, at("sample_batch_size"), node.sample_batch_size, "must be >= 1")
-        check(node.max_grad_norm > 0, at("max_grad_norm"), node.max_grad_norm, "must be > 0")
+        check(a.sample_batch_size >= 1, "algorithm.sample_batch_size", a.sample_batch_size, "must be >= 1")
+        check(a.max_grad_norm > 0, "algorithm.max_grad_norm", a.max_grad_norm, "must be > 0")
 
     @classmethod
     def projected_unet_evals(cls, cfg: DictConfig, cfg_factor: int) -> float:
@@ -76,7 +76,32 @@ class RLModule(L.LightningModule):
 
     @property
     def showing_progress(self) -> bool:
-        return self.progress and self.trainer.is_global_zero
+        return self.progress and (self._trainer is None or self.trainer.is_global_zero)
+
+    # -- outside a Trainer: `rlft speed` times the real update on a module with no trainer ----
+    def standalone(self, optimizer) -> "RLModule":
+        """Lets `update` run without a Trainer: plain backward passes, this optimizer, one process."""
+        self.standalone_optimizer = optimizer
+        return self
+
+    @property
+    def attached_trainer(self):
+        """The Trainer, or None outside one (`standalone`)."""
+        return self._trainer
+
+    @property
+    def processes(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def backward_pass(self, loss) -> None:
+        """A backward pass under the Trainer (manual optimization), or a plain one outside it."""
+        if self._trainer is None:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+
+    def current_optimizer(self):
+        return self.optimizers() if self._trainer is not None else self.standalone_optimizer
 
     def run_metrics(self, world: int) -> dict[str, float]:
         """What every algorithm logs each epoch: oracle queries, the training's UNet work, health."""

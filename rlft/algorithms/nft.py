@@ -75,6 +75,7 @@ def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x_0:
 
 
 class NFT(OnlineRL):
+    config_only_keys = (*OnlineRL.config_only_keys, "sampling")  # the policy's default sampler under it
     needs_stochastic_steps = False  # trained on the forward process: any sampler, deterministic included
 
     @classmethod

@@ -400,7 +400,7 @@ class OnlineRL(RLModule):
             means = pick(traj.means) if traj.means is not None else None
             embeds, adv, final = traj.prompt_embeds[rows], advantages[rows], traj.final_latents[rows]
             for start in range(0, batch, self.train_batch_size):
-                stop_if_requested(self.trainer)
+                stop_if_requested(self.attached_trainer)
                 mb = slice(start, start + self.train_batch_size)
                 for j in range(train_steps):
                     yield MicroBatch(latents[mb, j], next_latents[mb, j], timesteps[mb, j], old_log_probs[mb, j],
@@ -409,7 +409,7 @@ class OnlineRL(RLModule):
     def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
         """`training_passes` with one backward each; one optimiser step per `accumulation_window`
         backward passes."""
-        optimizer = self.optimizers()
+        optimizer = self.current_optimizer()
         batch, num_steps = traj.log_probs.shape
         train_steps = self.trained_steps(num_steps)
         window = self.accumulation_window(batch, train_steps)
@@ -424,8 +424,8 @@ class OnlineRL(RLModule):
         for micro_batch in self.training_passes(traj, advantages, train_steps):
             loss, step_stats = self.loss(micro_batch)
             passes += 1
-            with grad_sync(self.trainer, sync=passes % window == 0):  # DDP: one all-reduce per step
-                self.manual_backward(loss / window)
+            with grad_sync(self.attached_trainer, sync=passes % window == 0):  # DDP: one all-reduce per step
+                self.backward_pass(loss / window)
             record = {"loss": loss.detach(), **step_stats}
             for k, v in record.items():
                 stats[k].append(v)
@@ -440,10 +440,10 @@ class OnlineRL(RLModule):
                for k, values in stats.items()}
         for k in self.first_update_stats:
             out[f"train/{k}_first_update"] = finite_mean(first_update[k])
-        out = mean_over_ranks(out, self.trainer.world_size, max_keys=tuple(f"train/{k}" for k in self.max_stats))
+        out = mean_over_ranks(out, self.processes, max_keys=tuple(f"train/{k}" for k in self.max_stats))
         # A non-finite loss gives a non-finite gradient, so its window's step was skipped.
         nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
-        self.health.count("nonfinite_losses", sum_over_ranks(nonfinite, self.trainer.world_size))
+        self.health.count("nonfinite_losses", sum_over_ranks(nonfinite, self.processes))
         return out
 
     def optimizer_step(self, optimizer) -> torch.Tensor:

@@ -26,7 +26,7 @@ from rlft.algorithms.optimizer_step import clipped_step
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.diffusion.reference import BaseReference, lora_layers, reference_from_state, snapshot
-from rlft.checks import as_config_error, check
+from rlft.checks import check
 from rlft.run.distributed import check_sharding, gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks, world_size
 from rlft.algorithms.queries import query_fresh_samples
 from rlft.ensemble.fit import fit_reward_model
@@ -46,6 +46,7 @@ def ensemble_state(ensemble: RewardEnsemble) -> tuple[str, ...]:
 class SEIKO(RLModule):
     summary_metric = "eval/oracle_reward"
     learns_own_reward = True
+    config_only_keys = (*RLModule.config_only_keys, "num_heads")  # the ensemble group reads num_heads
 
     @classmethod
     def check_config(cls, cfg: DictConfig, node: DictConfig, where: str) -> None:
@@ -65,8 +66,8 @@ class SEIKO(RLModule):
         check(1 <= a.truncation_steps <= p.num_steps, "algorithm.truncation_steps", a.truncation_steps,
               f"must be in [1, policy.num_steps={p.num_steps}]")
         check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0")
-        check(node.ensemble_epochs >= 1, f"{where}.ensemble_epochs", node.ensemble_epochs, "must be >= 1")
-        check(0 < node.ensemble_val_fraction < 1, f"{where}.ensemble_val_fraction", node.ensemble_val_fraction,
+        check(a.ensemble_epochs >= 1, "algorithm.ensemble_epochs", a.ensemble_epochs, "must be >= 1")
+        check(0 < a.ensemble_val_fraction < 1, "algorithm.ensemble_val_fraction", a.ensemble_val_fraction,
               "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")
     @classmethod
     def projected_unet_evals(cls, cfg: DictConfig, cfg_factor: int) -> float:

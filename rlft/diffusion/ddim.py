@@ -8,7 +8,7 @@ whatever the UNet's dtype: a log-ratio of two half-precision log-probs is mostly
 import torch
 from diffusers import DDIMScheduler
 
-from rlft.diffusion.gaussian import GaussianStep, gaussian_step, per_sample
+from rlft.diffusion.gaussian import per_sample, stochastic_step
 
 
 def step_alphas(scheduler: DDIMScheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,27 +76,14 @@ def ddim_mean_and_std(
     return mean, std
 
 
-def ddim_step_with_logprob(
-    scheduler: DDIMScheduler,
-    model_output: torch.Tensor,
-    timestep: int | torch.Tensor,
-    sample: torch.Tensor,
-    eta: float,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    reduction: str = "mean",
-) -> GaussianStep:
-    """One DDIM step x_t -> x_t' (t' = t - T/num_steps) with its log-probability.
-
-    `timestep` is one int for the whole batch (sampling) or a (B,) tensor (training, where
-    each trajectory's timesteps are shuffled independently). When `prev_sample` is given
-    (training) it is the stored next latent and is treated as a constant. `generator` may be
-    a list, one per sample (diffusers' `randn_tensor` draws each row from its own).
-    """
+def refuse_deterministic_ddim(eta: float, std: torch.Tensor) -> None:
     if eta <= 0:
         raise ValueError(
             f"eta={eta}: the DDIM step is deterministic (std = 0) and has no log-probability; "
             "RL fine-tuning needs eta > 0 (the public DDPO default is 1.0)"
         )
-    mean, std = ddim_mean_and_std(scheduler, model_output, timestep, sample, eta)
-    return gaussian_step(mean, std, prev_sample, generator, reduction)
+
+
+ddim_step_with_logprob = stochastic_step(ddim_mean_and_std, refuse_deterministic_ddim, """One DDIM step x_t -> x_t'
+(t' = t - T/num_steps) with its log-probability: `ddim_step_with_logprob(scheduler, model_output, timestep,
+sample, eta, prev_sample=None, generator=None, reduction="mean")` (`rlft.diffusion.gaussian.stochastic_step`).""")

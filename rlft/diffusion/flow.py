@@ -31,7 +31,7 @@ import math
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from rlft.diffusion.gaussian import GaussianStep, gaussian_step, per_sample
+from rlft.diffusion.gaussian import per_sample, stochastic_step
 
 
 def step_sigmas(scheduler: FlowMatchEulerDiscreteScheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,26 +65,18 @@ def flow_sde_mean_and_std(
     return mean, s * torch.sqrt(-dt)
 
 
-def flow_sde_step_with_logprob(
-    scheduler: FlowMatchEulerDiscreteScheduler,
-    model_output: torch.Tensor,
-    timestep: float | torch.Tensor,
-    sample: torch.Tensor,
-    noise_level: float,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    reduction: str = "mean",
-) -> GaussianStep:
-    """One SDE step x_sigma -> x_sigma_next with its log-probability. `timestep`: one value of
-    `scheduler.timesteps` (sampling) or a (B,) tensor of them (training). `prev_sample`
-    (training): the stored next latent, a constant."""
+def refuse_ode_step(noise_level: float, std: torch.Tensor) -> None:
     if noise_level <= 0:
         raise ValueError(
             f"noise_level={noise_level}: the flow step is then the deterministic Euler (ODE) step, "
             "with no log-probability; RL fine-tuning needs noise_level > 0 (Flow-GRPO's default is 0.7)"
         )
-    mean, std = flow_sde_mean_and_std(scheduler, model_output, timestep, sample, noise_level)
-    return gaussian_step(mean, std, prev_sample, generator, reduction)
+
+
+flow_sde_step_with_logprob = stochastic_step(flow_sde_mean_and_std, refuse_ode_step, """One SDE step x_sigma ->
+x_sigma_next with its log-probability (Flow-GRPO's): `flow_sde_step_with_logprob(scheduler, model_output,
+timestep, sample, noise_level, prev_sample=None, generator=None, reduction="mean")`; `timestep`: values of
+`scheduler.timesteps` (`rlft.diffusion.gaussian.stochastic_step`).""")
 
 
 def flow_cps_mean_and_std(
@@ -104,21 +96,13 @@ def flow_cps_mean_and_std(
     return x0 * (1 - sigma_next) + x1 * torch.sqrt(sigma_next**2 - std**2), std
 
 
-def flow_cps_step_with_logprob(
-    scheduler: FlowMatchEulerDiscreteScheduler,
-    model_output: torch.Tensor,
-    timestep: float | torch.Tensor,
-    sample: torch.Tensor,
-    noise_level: float,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    reduction: str = "mean",
-) -> GaussianStep:
-    """One Flow-CPS step with its exact log-probability (as `flow_sde_step_with_logprob`)."""
-    mean, std = flow_cps_mean_and_std(scheduler, model_output, timestep, sample, noise_level)
+def refuse_noiseless_cps(noise_level: float, std: torch.Tensor) -> None:
     if not bool((std > 0).all()):
         raise ValueError("the CPS step into sigma = 0 has no noise and no log-probability: it is a deterministic step")
-    return gaussian_step(mean, std, prev_sample, generator, reduction)
+
+
+flow_cps_step_with_logprob = stochastic_step(flow_cps_mean_and_std, refuse_noiseless_cps, """One Flow-CPS step
+with its exact log-probability, called as `flow_sde_step_with_logprob`.""")
 
 
 def flow_ode_step(

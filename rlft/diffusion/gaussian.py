@@ -72,3 +72,24 @@ def kl_std(std: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, kl_
     if kl_form == "without_dt":
         return std / per_sample(torch.sqrt(sigma - sigma_next), std)
     raise ValueError(f"algorithm.kl_form={kl_form!r} is not a form: valid are {list(KL_FORMS)}")
+
+
+def stochastic_step(mean_and_std, refuse, doc: str):
+    """A step with log-probability, `step(scheduler, model_output, timestep, sample, noise,
+    prev_sample=None, generator=None, reduction="mean") -> GaussianStep`, from the function that
+    gives the step's Gaussian, `mean_and_std(scheduler, model_output, timestep, sample, noise)`,
+    and `refuse(noise, std)`, which raises where the step has no log-probability (std 0).
+    `timestep`: one value for the whole batch (sampling) or a (B,) tensor (training, where each
+    trajectory's timesteps are shuffled on their own). `prev_sample` (training): the stored next
+    latent, a constant. `generator` may be a list, one per sample (diffusers' `randn_tensor`
+    draws each row from its own)."""
+
+    def step(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor, noise: float,
+             prev_sample: torch.Tensor | None = None,
+             generator: torch.Generator | list[torch.Generator] | None = None, reduction: str = "mean") -> GaussianStep:
+        mean, std = mean_and_std(scheduler, model_output, timestep, sample, noise)
+        refuse(noise, std)
+        return gaussian_step(mean, std, prev_sample, generator, reduction)
+
+    step.__doc__ = doc
+    return step

@@ -218,27 +218,37 @@ class DiffusionPolicy(nn.Module):
 
     def guided_prediction(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds) -> torch.Tensor:
         """`predict` without counting (gradient checkpointing calls it again in the backward)."""
-        denoiser = self.denoiser
-        dtype = denoiser.dtype
         timesteps = torch.as_tensor(timesteps, device=latents.device).expand(len(latents))
         if self.compiled:
             size = self.graph_batch(len(latents))
             if size > len(latents):  # a smaller last chunk runs in a graph already compiled for a larger one
                 pad = lambda x: torch.cat([x, x[:1].expand(size - len(latents), *x.shape[1:])])
                 return self.guided_prediction(pad(latents), pad(timesteps), prompt_embeds.padded(size))[: len(latents)]
+        out = self.denoiser_outputs(latents, timesteps, prompt_embeds)
+        if not self.batched_guidance:
+            return out
+        out_uncond, out_cond = out.chunk(2)
+        if self.cfg_gradient == "conditional":  # flow_grpo: no gradient through the unconditional branch
+            out_uncond = out_uncond.detach()
+        return self.model.combine_guidance(out_uncond, out_cond, self.guidance_scale)
+
+    def denoiser_outputs(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: PromptEmbeds,
+                         denoiser=None) -> torch.Tensor:
+        """The denoiser's call and nothing around it: with batched guidance both branches in one
+        batch (unconditional, then conditional: (2B, ...)), else the model's own guided call (B, ...).
+        `denoiser`: what to call instead of `self.denoiser` (`rlft speed`: its eager `forward`)."""
+        denoiser = denoiser or self.denoiser
+        dtype = self.denoiser.dtype
+        timesteps = torch.as_tensor(timesteps, device=latents.device).expand(len(latents))
         if not self.batched_guidance:
             return self.model.denoise(denoiser, latents.to(dtype), timesteps, prompt_embeds.to(dtype),
                                       guidance_scale=self.guidance_scale)
-        out = self.model.denoise(
+        return self.model.denoise(
             denoiser,
             torch.cat([latents, latents]).to(dtype),
             torch.cat([timesteps, timesteps]),
             PromptEmbeds.cat([self.uncond_embeds(len(latents)), prompt_embeds]).to(dtype),
         )
-        out_uncond, out_cond = out.chunk(2)
-        if self.cfg_gradient == "conditional":  # flow_grpo: no gradient through the unconditional branch
-            out_uncond = out_uncond.detach()
-        return self.model.combine_guidance(out_uncond, out_cond, self.guidance_scale)
 
     # `torch.func.functional_call(policy, weights, ...)` predicts with other weights (a reference).
     forward = predict

@@ -19,8 +19,7 @@ it is passed to `denoise` and `save_lora`, never held here. What a `DiffusionMod
 frozen: text encoders and the VAE.
 """
 
-import json
-from contextlib import contextmanager
+
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,11 @@ class DiffusionModel(nn.Module):
     guidance = "cfg"
     #: the attributes holding text encoders, dropped by `release_text_encoders`
     text_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    #: the family pipeline's LoRA mixin in `diffusers.loaders`, whose `save_lora_weights` writes what
+    #: the plain pipeline's `load_lora_weights` reads; and its key format: "unet" (diffusers' UNet
+    #: keys) or "transformer" (peft's keys, as diffusers' own LoRA training scripts write them)
+    lora_loader: str = "StableDiffusionLoraLoaderMixin"
+    lora_format: str = "unet"
 
     def release_text_encoders(self) -> list[str]:
         """Drop the text encoders (and a host pipeline's references to them), so that their
@@ -77,10 +81,14 @@ class DiffusionModel(nn.Module):
         return uncond + scale * (cond - uncond)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Latents -> images (B, C, H, W) in [0, 1] (videos (B, F, C, H, W)); here an `AutoencoderKL`'s."""
+        return vae_decode(self.vae, latents)
 
     def save_lora(self, denoiser: nn.Module, dirpath: str | Path) -> None:
-        raise NotImplementedError
+        import diffusers.loaders
+
+        save = save_unet_lora if self.lora_format == "unet" else save_transformer_lora
+        save(denoiser, dirpath, getattr(diffusers.loaders, self.lora_loader))
 
 
 class PackedLatentsModel(DiffusionModel):
@@ -154,61 +162,3 @@ def vae_decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     FLUX's VAE have a shift as well as a scale; SD 1.x/2.x's shift is None)."""
     scaled = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
     return ((vae.decode(scaled.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
-
-
-# -- what every loader checks before it loads anything -------------------------------------
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# A pipeline class (a directory's model_index.json) -> the model configs that load it.
-FAMILY_CHOICES = {
-    "StableDiffusionPipeline": "model=stable_diffusion, sd15 or sd21",
-    "StableDiffusion3Pipeline": "model=sd3, sd35_medium or sd35_large",
-    "FluxPipeline": "model=flux_dev or flux_schnell",
-    "StableDiffusionXLPipeline": "model=sdxl",
-    "QwenImagePipeline": "model=qwen_image",
-    "WanPipeline": "model=wan21_t2v_1_3b (or wan)",
-    "Flux2KleinPipeline": "model=flux2_klein_4b",
-}
-
-
-def check_pipeline_class(path: Path, expected: str, choice: str) -> None:
-    """A local pipeline directory's `model_index.json` names its pipeline class: a directory of
-    another model family is refused before anything is loaded."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        return  # the component check that follows names what is missing
-    found = json.loads(index.read_text()).get("_class_name")
-    if found != expected:
-        raise ValueError(
-            f"model.pretrained={str(path)!r} holds a {found}, not a {expected}: choose the model config of its family "
-            f"({FAMILY_CHOICES.get(found, 'no rlft model config loads it')}), not {choice}"
-        )
-
-
-def check_pipeline(pretrained: str, dtype: str, pipeline_class: str, choice: str, components: tuple[str, ...],
-                   title: str, hint="") -> torch.dtype:
-    """`model.dtype`, and for a local directory the pipeline class it holds and the component
-    folders it must have, checked before anything loads; -> the torch dtype."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is invalid: must be one of {sorted(DTYPES)}")
-    local = Path(pretrained)
-    if local.exists() or pretrained.startswith((".", "/")):
-        check_pipeline_class(local, pipeline_class, choice)
-        missing = [c for c in components if not (local / c).is_dir()]
-        if missing:
-            extra = hint(missing) if callable(hint) else hint  # e.g. SD3: "(or model.use_t5=false ...)"
-            raise FileNotFoundError(
-                f"model.pretrained={pretrained!r} is not a {title} pipeline directory: missing {missing}{extra} "
-                f"(expected {list(components)}, as {pipeline_class}.save_pretrained writes)"
-            )
-    return DTYPES[dtype]
-
-
-@contextmanager
-def loading(title: str, pretrained: str, revision: str | None, variant: str | None):
-    """A loader's from_pretrained calls: a failure names the model, the path and what was asked."""
-    try:
-        yield
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load {title} from model.pretrained={pretrained!r} "
-                      f"(revision={revision}, variant={variant}): {error}") from error

@@ -16,7 +16,7 @@ from torch import nn
 
 from rlft.data.digits import vocabulary
 from rlft.types import PromptEmbeds
-from rlft.models.base import DiffusionModel, save_unet_lora, unet_denoise
+from rlft.models.base import DiffusionModel, unet_denoise
 from rlft.models.prompt_encoder import WordPromptEncoder
 
 
@@ -39,11 +39,6 @@ class DigitsModel(DiffusionModel):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((latents + 1) / 2).clamp(0, 1)
-
-    def save_lora(self, denoiser, dirpath) -> None:
-        from diffusers.loaders import StableDiffusionLoraLoaderMixin
-
-        save_unet_lora(denoiser, dirpath, StableDiffusionLoraLoaderMixin)
 
 
 def build_digits_unet(image_size: int = 16, embed_dim: int = 32) -> UNet2DConditionModel:

@@ -16,15 +16,14 @@ What FLUX does its own way, all of it here (`FluxModel`):
 - the VAE has a shift as well as a scale; LoRA in the format `FluxPipeline.load_lora_weights` reads.
 """
 
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from rlft.types import PromptEmbeds
-from rlft.models.base import PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora, vae_decode
-from rlft.models.fingerprint import base_fingerprint
+from rlft.models.base import PackedLatentsModel, guidance_input
+from rlft.models.loading import read_pipeline
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -32,6 +31,8 @@ COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer
 class FluxModel(PackedLatentsModel):
     """FLUX.1's ways (see the module's docstring). `guidance_embeds`: the transformer's config
     flag (dev: true; schnell: false), read once at load."""
+    lora_loader = "FluxLoraLoaderMixin"
+    lora_format = "transformer"
 
     title = "FLUX"
 
@@ -72,14 +73,6 @@ class FluxModel(PackedLatentsModel):
         # _unpack_latents takes the image size; at vae_scale_factor 1 the latent size is that.
         return FluxPipeline._unpack_latents(out, height, width, 1)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return vae_decode(self.vae, latents)
-
-    def save_lora(self, denoiser, dirpath: str | Path) -> None:
-        from diffusers.loaders import FluxLoraLoaderMixin
-
-        save_transformer_lora(denoiser, dirpath, FluxLoraLoaderMixin)
-
 
 def load_flux(
     pretrained: str,
@@ -92,26 +85,14 @@ def load_flux(
     """-> the components `DiffusionPolicy` takes: denoiser (the FLUX transformer), scheduler
     (flow matching with dynamic shift, from the pipeline's config), model (`FluxModel`: CLIP-L,
     T5-XXL, the VAE), base (its fingerprint)."""
-    torch_dtype = check_pipeline(pretrained, dtype, "FluxPipeline", "model=flux_dev (or flux_schnell)", COMPONENTS, "FLUX.1")
-    common = {"revision": revision}
-    weights = {"variant": variant, **common}
-    with loading("FLUX.1", pretrained, revision, variant):
-        transformer = FluxTransformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
-        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
-        text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
-        text_encoder_2 = T5EncoderModel.from_pretrained(pretrained, subfolder="text_encoder_2", dtype=torch_dtype, **weights)
-        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
-        tokenizer_2 = T5TokenizerFast.from_pretrained(pretrained, subfolder="tokenizer_2", **common)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    for encoder in (text_encoder, text_encoder_2):
-        encoder.requires_grad_(False).eval()
-    model = FluxModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae.requires_grad_(False).eval(), scheduler,
+    with read_pipeline("FLUX.1", "FluxPipeline", "model=flux_dev (or flux_schnell)", COMPONENTS,
+                       pretrained, revision, variant, dtype) as read:
+        f = read.files
+        transformer = f.weights(FluxTransformer2DModel, "transformer")
+        vae = f.frozen(AutoencoderKL, "vae")
+        text_encoder, text_encoder_2 = f.frozen(CLIPTextModel, "text_encoder"), f.frozen(T5EncoderModel, "text_encoder_2")
+        tokenizer, tokenizer_2 = f.files(CLIPTokenizer, "tokenizer"), f.files(T5TokenizerFast, "tokenizer_2")
+        scheduler = f.files(FlowMatchEulerDiscreteScheduler, "scheduler")
+    model = FluxModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae, scheduler,
                       guidance_embeds=bool(transformer.config.guidance_embeds), max_sequence_length=max_sequence_length)
-    return {
-        "denoiser": transformer,
-        "scheduler": scheduler,
-        "model": model,
-        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
-    }
+    return read.components(transformer, scheduler, model, gradient_checkpointing)

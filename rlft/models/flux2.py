@@ -15,7 +15,6 @@ What FLUX.2 klein does its own way, all of it here (`Flux2KleinModel`):
 - LoRA in the format `Flux2KleinPipeline.load_lora_weights` reads.
 """
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,13 +23,15 @@ from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from rlft.types import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora
-from rlft.models.fingerprint import base_fingerprint
+from rlft.models.base import DiffusionModel
+from rlft.models.loading import read_pipeline
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 class Flux2KleinModel(DiffusionModel):
+    lora_loader = "Flux2LoraLoaderMixin"
+    lora_format = "transformer"
     text_encoders = ("text_encoder",)
 
     def __init__(self, text_encoder, tokenizer, vae, is_distilled: bool, max_sequence_length: int = 512,
@@ -75,11 +76,6 @@ class Flux2KleinModel(DiffusionModel):
         unpatched = Flux2KleinPipeline._unpatchify_latents(latents.to(self.vae.dtype) * std + mean)
         return ((self.vae.decode(unpatched, return_dict=False)[0].float() + 1) / 2).clamp(0, 1)
 
-    def save_lora(self, denoiser, dirpath: str | Path) -> None:
-        from diffusers.loaders import Flux2LoraLoaderMixin
-
-        save_transformer_lora(denoiser, dirpath, Flux2LoraLoaderMixin)
-
 
 def load_flux2_klein(
     pretrained: str,
@@ -92,24 +88,14 @@ def load_flux2_klein(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the FLUX.2 transformer), scheduler,
     model (`Flux2KleinModel`: Qwen3, the VAE), base (its fingerprint)."""
-    torch_dtype = check_pipeline(pretrained, dtype, "Flux2KleinPipeline", "model=flux2_klein_4b", COMPONENTS, "FLUX.2 klein")
-    common = {"revision": revision}
-    weights = {"variant": variant, **common}
-    with loading("FLUX.2 klein", pretrained, revision, variant):
-        transformer = Flux2Transformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
-        vae = AutoencoderKLFlux2.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
-        text_encoder = Qwen3ForCausalLM.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
-        pipeline_config = Flux2KleinPipeline.load_config(pretrained, **common)
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    model = Flux2KleinModel(text_encoder.requires_grad_(False).eval(), tokenizer, vae.requires_grad_(False).eval(),
-                            is_distilled=bool(pipeline_config.get("is_distilled", False)),
+    with read_pipeline("FLUX.2 klein", "Flux2KleinPipeline", "model=flux2_klein_4b", COMPONENTS,
+                       pretrained, revision, variant, dtype) as read:
+        f = read.files
+        transformer = f.weights(Flux2Transformer2DModel, "transformer")
+        vae = f.frozen(AutoencoderKLFlux2, "vae")
+        text_encoder, tokenizer = f.frozen(Qwen3ForCausalLM, "text_encoder"), f.files(AutoTokenizer, "tokenizer")
+        scheduler = f.files(FlowMatchEulerDiscreteScheduler, "scheduler")
+        pipeline_config = f.config(Flux2KleinPipeline)
+    model = Flux2KleinModel(text_encoder, tokenizer, vae, is_distilled=bool(pipeline_config.get("is_distilled", False)),
                             max_sequence_length=max_sequence_length, text_encoder_out_layers=text_encoder_out_layers)
-    return {
-        "denoiser": transformer,
-        "scheduler": scheduler,
-        "model": model,
-        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
-    }
+    return read.components(transformer, scheduler, model, gradient_checkpointing)

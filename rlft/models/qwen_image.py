@@ -13,16 +13,14 @@ What Qwen-Image does its own way, all of it here (`QwenImageModel`):
 - LoRA in the format `QwenImagePipeline.load_lora_weights` reads.
 """
 
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from rlft.types import PromptEmbeds
-from rlft.models.base import (PackedLatentsModel, check_pipeline, guidance_input, loading, save_transformer_lora,
-                              unnormalise_video_latents)
-from rlft.models.fingerprint import base_fingerprint
+from rlft.models.base import PackedLatentsModel, guidance_input, unnormalise_video_latents
+from rlft.models.loading import read_pipeline
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -39,6 +37,8 @@ def unpack(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class QwenImageModel(PackedLatentsModel):
+    lora_loader = "QwenImageLoraLoaderMixin"
+    lora_format = "transformer"
     title = "Qwen-Image"
     text_encoders = ("text_encoder",)
 
@@ -87,11 +87,6 @@ class QwenImageModel(PackedLatentsModel):
         frames = unnormalise_video_latents(self.vae, latents[:, :, None])  # a frame axis of 1
         return ((self.vae.decode(frames, return_dict=False)[0][:, :, 0].float() + 1) / 2).clamp(0, 1)
 
-    def save_lora(self, denoiser, dirpath: str | Path) -> None:
-        from diffusers.loaders import QwenImageLoraLoaderMixin
-
-        save_transformer_lora(denoiser, dirpath, QwenImageLoraLoaderMixin)
-
 
 def load_qwen_image(
     pretrained: str,
@@ -103,23 +98,14 @@ def load_qwen_image(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the Qwen-Image transformer), scheduler,
     model (`QwenImageModel`: Qwen2.5-VL, the VAE), base (its fingerprint)."""
-    torch_dtype = check_pipeline(pretrained, dtype, "QwenImagePipeline", "model=qwen_image", COMPONENTS, "Qwen-Image")
-    common = {"revision": revision}
-    weights = {"variant": variant, **common}
-    with loading("Qwen-Image", pretrained, revision, variant):
-        transformer = QwenImageTransformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
-        vae = AutoencoderKLQwenImage.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
-        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(pretrained, subfolder="text_encoder",
-                                                                          dtype=torch_dtype, **weights)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    model = QwenImageModel(text_encoder.requires_grad_(False).eval(), tokenizer, vae.requires_grad_(False).eval(), scheduler,
-                           guidance_embeds=bool(transformer.config.guidance_embeds), max_sequence_length=max_sequence_length)
-    return {
-        "denoiser": transformer,
-        "scheduler": scheduler,
-        "model": model,
-        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
-    }
+    with read_pipeline("Qwen-Image", "QwenImagePipeline", "model=qwen_image", COMPONENTS,
+                       pretrained, revision, variant, dtype) as read:
+        f = read.files
+        transformer = f.weights(QwenImageTransformer2DModel, "transformer")
+        vae = f.frozen(AutoencoderKLQwenImage, "vae")
+        text_encoder = f.frozen(Qwen2_5_VLForConditionalGeneration, "text_encoder")
+        tokenizer = f.files(AutoTokenizer, "tokenizer")
+        scheduler = f.files(FlowMatchEulerDiscreteScheduler, "scheduler")
+    model = QwenImageModel(text_encoder, tokenizer, vae, scheduler, guidance_embeds=bool(transformer.config.guidance_embeds),
+                           max_sequence_length=max_sequence_length)
+    return read.components(transformer, scheduler, model, gradient_checkpointing)

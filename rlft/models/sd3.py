@@ -14,8 +14,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from rlft.types import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora, vae_decode
-from rlft.models.fingerprint import base_fingerprint
+from rlft.models.base import DiffusionModel
+from rlft.models.loading import read_pipeline
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 T5_COMPONENTS = ("text_encoder_3", "tokenizer_3")
@@ -31,6 +31,8 @@ class SD3Model(DiffusionModel):
     the pipeline object that runs `encode_prompt` is a plain attribute, not a submodule, so the
     transformer it refers to (for its config alone) is not counted twice.
     """
+    lora_loader = "SD3LoraLoaderMixin"
+    lora_format = "transformer"
 
     def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer, vae,
                  text_encoder_3=None, tokenizer_3=None, max_sequence_length: int = 256):
@@ -56,14 +58,6 @@ class SD3Model(DiffusionModel):
         return denoiser(hidden_states=latents, timestep=timesteps, encoder_hidden_states=embeds.tokens,
                         pooled_projections=embeds.pooled).sample
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return vae_decode(self.vae, latents)
-
-    def save_lora(self, denoiser, dirpath) -> None:
-        from diffusers.loaders import SD3LoraLoaderMixin
-
-        save_transformer_lora(denoiser, dirpath, SD3LoraLoaderMixin)
-
 
 def load_sd3(
     pretrained: str,
@@ -79,31 +73,16 @@ def load_sd3(
     VAE), base (its fingerprint)."""
     needed = COMPONENTS + (T5_COMPONENTS if use_t5 else ())
     no_t5 = lambda missing: " (or model.use_t5=false: SD3 runs without T5)" if set(missing) <= set(T5_COMPONENTS) else ""
-    torch_dtype = check_pipeline(pretrained, dtype, "StableDiffusion3Pipeline", "model=sd3 (or sd35_medium, sd35_large)",
-                                 needed, "Stable Diffusion 3", hint=no_t5)
-    common = {"revision": revision}
-    weights = {"variant": variant, **common}
-    with loading("Stable Diffusion 3", pretrained, revision, variant):
-        transformer = SD3Transformer2DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
-        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
-        encoders = {
-            name: CLIPTextModelWithProjection.from_pretrained(pretrained, subfolder=name, dtype=torch_dtype, **weights)
-            for name in ("text_encoder", "text_encoder_2")
-        }
-        tokenizers = {name: CLIPTokenizer.from_pretrained(pretrained, subfolder=name, **common) for name in ("tokenizer", "tokenizer_2")}
+    with read_pipeline("Stable Diffusion 3", "StableDiffusion3Pipeline", "model=sd3 (or sd35_medium, sd35_large)", needed,
+                       pretrained, revision, variant, dtype, hint=no_t5) as read:
+        f = read.files
+        transformer = f.weights(SD3Transformer2DModel, "transformer")
+        vae = f.frozen(AutoencoderKL, "vae")
+        encoders = {name: f.frozen(CLIPTextModelWithProjection, name) for name in ("text_encoder", "text_encoder_2")}
+        tokenizers = {name: f.files(CLIPTokenizer, name) for name in ("tokenizer", "tokenizer_2")}
         if use_t5:
-            encoders["text_encoder_3"] = T5EncoderModel.from_pretrained(pretrained, subfolder="text_encoder_3", dtype=torch_dtype, **weights)
-            tokenizers["tokenizer_3"] = T5TokenizerFast.from_pretrained(pretrained, subfolder="tokenizer_3", **common)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler", **common)
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()  # recompute activations in backward: memory for time
-    for encoder in encoders.values():
-        encoder.requires_grad_(False).eval()
-    return {
-        "denoiser": transformer,
-        "scheduler": scheduler,
-        "model": SD3Model(**encoders, **tokenizers, transformer=transformer, vae=vae.requires_grad_(False).eval(),
-                          max_sequence_length=max_sequence_length),
-        "base": {**base_fingerprint(pretrained, ("model_index.json", *COMPONENTS, *(T5_COMPONENTS if use_t5 else ())),
-                                     dtype, revision, variant), "use_t5": use_t5},
-    }
+            encoders["text_encoder_3"] = f.frozen(T5EncoderModel, "text_encoder_3")
+            tokenizers["tokenizer_3"] = f.files(T5TokenizerFast, "tokenizer_3")
+        scheduler = f.files(FlowMatchEulerDiscreteScheduler, "scheduler")
+    model = SD3Model(**encoders, **tokenizers, transformer=transformer, vae=vae, max_sequence_length=max_sequence_length)
+    return read.components(transformer, scheduler, model, gradient_checkpointing, use_t5=use_t5)

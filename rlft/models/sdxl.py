@@ -10,20 +10,21 @@ What SDXL does its own way, all of it here (`SDXLModel`):
 - the VAE's scale; LoRA in the UNet format `StableDiffusionXLPipeline.load_lora_weights` reads.
 """
 
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rlft.types import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_unet_lora, unet_denoise, vae_decode
-from rlft.models.fingerprint import base_fingerprint
+from rlft.models.base import DiffusionModel, unet_denoise
+from rlft.models.loading import read_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 class SDXLModel(DiffusionModel):
+    lora_loader = "StableDiffusionXLLoraLoaderMixin"
+
     def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae, force_zeros_for_empty_prompt: bool = True):
         super().__init__()
         self.text_encoder, self.text_encoder_2, self.vae = text_encoder, text_encoder_2, vae
@@ -51,14 +52,6 @@ class SDXLModel(DiffusionModel):
         added = {"text_embeds": embeds.pooled, "time_ids": time_ids.expand(len(latents), -1)}
         return unet_denoise(denoiser, latents, timesteps, embeds, added_cond_kwargs=added)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return vae_decode(self.vae, latents)
-
-    def save_lora(self, denoiser, dirpath: str | Path) -> None:
-        from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
-
-        save_unet_lora(denoiser, dirpath, StableDiffusionXLLoraLoaderMixin)
-
 
 def load_sdxl(
     pretrained: str,
@@ -69,31 +62,19 @@ def load_sdxl(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the
     pipeline's scheduler config, as DDPO), model (`SDXLModel`: both CLIPs, the VAE), base."""
-    torch_dtype = check_pipeline(pretrained, dtype, "StableDiffusionXLPipeline", "model=sdxl", COMPONENTS, "Stable Diffusion XL")
-    common = {"revision": revision}
-    weights = {"variant": variant, **common}
-    with loading("Stable Diffusion XL", pretrained, revision, variant):
-        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", torch_dtype=torch_dtype, **weights)
-        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch_dtype, **weights)
-        text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(pretrained, subfolder="text_encoder_2", dtype=torch_dtype, **weights)
-        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer_2", **common)
+    with read_pipeline("Stable Diffusion XL", "StableDiffusionXLPipeline", "model=sdxl", COMPONENTS,
+                       pretrained, revision, variant, dtype) as read:
+        f = read.files
+        unet = f.weights(UNet2DConditionModel, "unet")
+        vae = f.frozen(AutoencoderKL, "vae")
+        text_encoder = f.frozen(CLIPTextModel, "text_encoder")
+        text_encoder_2 = f.frozen(CLIPTextModelWithProjection, "text_encoder_2")
+        tokenizer, tokenizer_2 = f.files(CLIPTokenizer, "tokenizer"), f.files(CLIPTokenizer, "tokenizer_2")
         # DDIM from the pipeline's (Euler) scheduler config, which names no set_alpha_to_one: DDIM's
         # default (true) would make the last step deterministic, with no log-probability; SD 1.x's
         # config says false, and so does rlft for SDXL.
-        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(pretrained, subfolder="scheduler", **common),
-                                              set_alpha_to_one=False)
-        pipeline_config = StableDiffusionXLPipeline.load_config(pretrained, **common)
-    if gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    for encoder in (text_encoder, text_encoder_2):
-        encoder.requires_grad_(False).eval()
-    model = SDXLModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae.requires_grad_(False).eval(),
+        scheduler = DDIMScheduler.from_config(f.config(DDIMScheduler, "scheduler"), set_alpha_to_one=False)
+        pipeline_config = f.config(StableDiffusionXLPipeline)
+    model = SDXLModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae,
                       force_zeros_for_empty_prompt=pipeline_config.get("force_zeros_for_empty_prompt", True))
-    return {
-        "denoiser": unet,
-        "scheduler": scheduler,
-        "model": model,
-        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
-    }
+    return read.components(unet, scheduler, model, gradient_checkpointing)

@@ -13,8 +13,8 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from rlft.types import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_unet_lora, unet_denoise, vae_decode
-from rlft.models.fingerprint import base_fingerprint
+from rlft.models.base import DiffusionModel, unet_denoise
+from rlft.models.loading import read_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -41,14 +41,6 @@ class StableDiffusionModel(DiffusionModel):
     def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
         return unet_denoise(denoiser, latents, timesteps, embeds)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return vae_decode(self.vae, latents)
-
-    def save_lora(self, denoiser, dirpath) -> None:
-        from diffusers.loaders import StableDiffusionLoraLoaderMixin
-
-        save_unet_lora(denoiser, dirpath, StableDiffusionLoraLoaderMixin)
-
 
 def load_stable_diffusion(
     pretrained: str,
@@ -59,20 +51,13 @@ def load_stable_diffusion(
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the pipeline's
     scheduler config), model (`StableDiffusionModel`: CLIP and the VAE), base (its fingerprint)."""
-    torch_dtype = check_pipeline(pretrained, dtype, "StableDiffusionPipeline", "model=stable_diffusion (or sd15, sd21)", COMPONENTS, "Stable Diffusion")
-    common = {"revision": revision}
-    with loading("Stable Diffusion", pretrained, revision, variant):
-        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", variant=variant, torch_dtype=torch_dtype, **common)
-        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, torch_dtype=torch_dtype, **common)
-        text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", variant=variant, dtype=torch_dtype, **common)
-        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
+    with read_pipeline("Stable Diffusion", "StableDiffusionPipeline", "model=stable_diffusion (or sd15, sd21)", COMPONENTS,
+                       pretrained, revision, variant, dtype) as read:
+        f = read.files
+        unet = f.weights(UNet2DConditionModel, "unet")
+        vae = f.frozen(AutoencoderKL, "vae")
+        text_encoder = f.frozen(CLIPTextModel, "text_encoder")
+        tokenizer = f.files(CLIPTokenizer, "tokenizer")
         # DDIM, configured from the pipeline's own scheduler (SD ships PNDM), as DDPO does.
-        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(pretrained, subfolder="scheduler", **common))
-    if gradient_checkpointing:
-        unet.enable_gradient_checkpointing()  # recompute activations in backward: memory for time
-    return {
-        "denoiser": unet,
-        "scheduler": scheduler,
-        "model": StableDiffusionModel(tokenizer, text_encoder.requires_grad_(False).eval(), vae.requires_grad_(False).eval()),
-        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
-    }
+        scheduler = DDIMScheduler.from_config(f.config(DDIMScheduler, "scheduler"))
+    return read.components(unet, scheduler, StableDiffusionModel(tokenizer, text_encoder, vae), gradient_checkpointing)

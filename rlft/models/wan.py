@@ -16,15 +16,14 @@ What Wan does its own way, all of it here (`WanModel`):
 - LoRA in the format `WanPipeline.load_lora_weights` reads.
 """
 
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from rlft.types import PromptEmbeds
-from rlft.models.base import DiffusionModel, check_pipeline, loading, save_transformer_lora, unnormalise_video_latents
-from rlft.models.fingerprint import base_fingerprint
+from rlft.models.base import DiffusionModel, unnormalise_video_latents
+from rlft.models.loading import read_pipeline
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -37,6 +36,9 @@ def check_num_frames(num_frames, temporal: int = 4) -> int:
 
 
 class WanModel(DiffusionModel):
+    lora_loader = "WanLoraLoaderMixin"
+    lora_format = "transformer"
+
     def __init__(self, text_encoder, tokenizer, vae, num_frames: int = 81, height: int = 480, width: int = 832,
                  max_sequence_length: int = 512):
         super().__init__()
@@ -75,11 +77,6 @@ class WanModel(DiffusionModel):
         video = self.vae.decode(unnormalise_video_latents(self.vae, latents), return_dict=False)[0]  # (B, 3, F, H, W)
         return ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
-    def save_lora(self, denoiser, dirpath: str | Path) -> None:
-        from diffusers.loaders import WanLoraLoaderMixin
-
-        save_transformer_lora(denoiser, dirpath, WanLoraLoaderMixin)
-
 
 def load_wan(
     pretrained: str,
@@ -96,26 +93,16 @@ def load_wan(
     """-> the components `DiffusionPolicy` takes: denoiser (the Wan transformer), scheduler (flow
     matching at the pipeline's flow shift, or `flow_shift`), model (`WanModel`), base."""
     check_num_frames(num_frames)  # before anything is read
-    torch_dtype = check_pipeline(pretrained, dtype, "WanPipeline", "model=wan21_t2v_1_3b", COMPONENTS, "Wan")
-    common = {"revision": revision}
-    weights = {"variant": variant, **common}
-    with loading("Wan", pretrained, revision, variant):
-        transformer = WanTransformer3DModel.from_pretrained(pretrained, subfolder="transformer", torch_dtype=torch_dtype, **weights)
+    with read_pipeline("Wan", "WanPipeline", "model=wan21_t2v_1_3b", COMPONENTS, pretrained, revision, variant, dtype) as read:
+        f = read.files
+        transformer = f.weights(WanTransformer3DModel, "transformer")
         # The VAE in float32, as WanPipeline's examples load it (its 3D convolutions lose detail in 16 bits).
-        vae = AutoencoderKLWan.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch.float32, **weights)
-        text_encoder = UMT5EncoderModel.from_pretrained(pretrained, subfolder="text_encoder", dtype=torch_dtype, **weights)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **common)
-        scheduler_config = FlowMatchEulerDiscreteScheduler.load_config(pretrained, subfolder="scheduler", **common)
+        vae = f.frozen(AutoencoderKLWan, "vae", dtype=torch.float32)
+        text_encoder, tokenizer = f.frozen(UMT5EncoderModel, "text_encoder"), f.files(AutoTokenizer, "tokenizer")
+        scheduler_config = f.config(FlowMatchEulerDiscreteScheduler, "scheduler")
     shift = flow_shift if flow_shift is not None else scheduler_config.get("flow_shift", scheduler_config.get("shift", 3.0))
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000),
                                                 shift=shift)
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    model = WanModel(text_encoder.requires_grad_(False).eval(), tokenizer, vae.requires_grad_(False).eval(),
-                     num_frames=num_frames, height=height, width=width, max_sequence_length=max_sequence_length)
-    return {
-        "denoiser": transformer,
-        "scheduler": scheduler,
-        "model": model,
-        "base": base_fingerprint(pretrained, ("model_index.json", *COMPONENTS), dtype, revision, variant),
-    }
+    model = WanModel(text_encoder, tokenizer, vae, num_frames=num_frames, height=height, width=width,
+                     max_sequence_length=max_sequence_length)
+    return read.components(transformer, scheduler, model, gradient_checkpointing)

@@ -54,13 +54,12 @@ def mean_over_ranks(values: dict[str, torch.Tensor], world: int, max_keys: tuple
     return {k: table[:, i].max() if k in max_keys else table[:, i].mean() for i, k in enumerate(keys)}
 
 
-def grad_sync(trainer: L.Trainer, sync: bool):
+def grad_sync(trainer: L.Trainer | None, sync: bool):
     """Around a backward pass: `sync=False` keeps the gradient local (accumulated) instead of
     all-reducing it, so an accumulation window costs one all-reduce, at its last pass."""
-    strategy = trainer.strategy
-    if sync or not isinstance(strategy, ParallelStrategy):
+    if sync or trainer is None or not isinstance(trainer.strategy, ParallelStrategy):
         return nullcontext()
-    return strategy.block_backward_sync()
+    return trainer.strategy.block_backward_sync()
 
 
 def any_rank(trainer: L.Trainer, decision: bool) -> bool:

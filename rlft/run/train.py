@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from rlft.checks import constructor_node
 from rlft.run.preemption import last_checkpoint
 from rlft.run.validation import ConfigError, validate
 from rlft.run.work import choose_compile
@@ -51,7 +52,7 @@ def build(cfg: DictConfig):
     data = instantiate(cfg.data)
     encode_once(policy, data.train_prompts + data.eval_prompts)
     # The algorithm's config names its other inputs (reward, ensemble, aggregation...).
-    module = instantiate(cfg.algorithm.module, policy=policy)
+    module = instantiate(constructor_node(cfg.algorithm), policy=policy)
     trainer = instantiate(cfg.trainer)
     return module, data, trainer
 

@@ -7,8 +7,10 @@ a shared, noisy machine better than either time alone:
 
 - sampling: `DiffusionPolicy.sample` (CFG, DDIM step, log-prob, decoding) vs `num_steps`
   bare UNet forwards on the CFG-doubled batch, in inference mode;
-- PPO training: `policy.log_prob` + `ppo_clip_loss` + backward + the clipped optimizer step
-  for every trained timestep, vs bare UNet forward + backward into the LoRA weights;
+- PPO training: the algorithm's own `update` (`rlft.algorithms.pipeline.OnlineRL.update`, built
+  as training builds it; PPO's: `policy.log_prob` + `ppo_clip_loss` + backward + the clipped
+  optimizer step for each trained timestep), vs bare UNet forward + backward into the LoRA
+  weights for the same passes;
 - SEIKO fine-tuning: `policy.sample_with_grad` through the truncated chain with its KL to a
   reference UNet, vs bare forwards with the same graph (no checkpointing, no reference);
 - peak memory (RSS; CUDA max_memory_allocated on a GPU);
@@ -42,11 +44,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlft.algorithms.optimizer_step import clipped_step
-from rlft.algorithms.ppo_loss import ppo_clip_loss
+from rlft.checks import ConfigError, constructor_node, target_class
 from rlft.run.config import CONFIG_DIR, check_config_dir
 from rlft.diffusion.noise import sample_generators
-from rlft.types import PromptEmbeds
 from rlft.diffusion.reference import snapshot
 from rlft.tools.size_check import size_check, size_table
 
@@ -89,14 +89,10 @@ def counting_work(policy, fn):
 
 
 def bare_denoiser(policy, latents, timestep, embeds):
-    """The denoiser call `predict` makes, nothing around it (CFG batch doubled), eager even
-    when the denoiser is compiled (its `forward`, not its compiled `__call__`)."""
-    denoiser = policy.denoiser.forward
-    timestep = torch.as_tensor(timestep, device=latents.device).expand(len(latents))
-    if not policy.batched_guidance:
-        return policy.model.denoise(denoiser, latents, timestep, embeds, guidance_scale=policy.guidance_scale)
-    return policy.model.denoise(denoiser, torch.cat([latents, latents]), torch.cat([timestep, timestep]),
-                                PromptEmbeds.cat([policy.uncond_embeds(len(latents)), embeds]))
+    """The policy's own denoiser call (`DiffusionPolicy.denoiser_outputs`: CFG batch doubled),
+    nothing around it, eager even when the denoiser is compiled (its `forward`, not its
+    compiled `__call__`)."""
+    return policy.denoiser_outputs(latents, timestep, embeds, denoiser=policy.denoiser.forward)
 
 
 def machine() -> str:
@@ -135,16 +131,15 @@ def sample(policy, prompts, seed: int = 0):
     return policy.sample(prompts, generator=sample_generators(seed, "rollout", 0, range(len(prompts)), policy.device))
 
 
-def ppo_epoch(policy, traj, micro_batch: int, clip_range: float, optimizer, advantages):
-    """Every trained timestep of one inner epoch, one optimizer step per micro-batch."""
-    num_steps = traj.log_probs.shape[1]
-    for start in range(0, len(traj), micro_batch):
-        s = slice(start, start + micro_batch)
-        for j in range(num_steps):
-            log_prob = policy.log_prob(traj.latents[s, j], traj.next_latents[s, j], traj.timesteps[s, j], traj.prompt_embeds[s])
-            loss, _ = ppo_clip_loss(log_prob, traj.log_probs[s, j], advantages[s], clip_range)
-            (loss / num_steps).backward()
-        clipped_step(optimizer, policy.trainable_parameters(), 1.0)
+def algorithm(cfg: DictConfig, policy, optimizer, micro_batch: int | None = None):
+    """The run's algorithm module, as training builds it, without a Trainer (`RLModule.standalone`):
+    its `update` is what an epoch's training runs. No reward or evaluation is built (nothing is scored)."""
+    node = constructor_node(cfg.algorithm)
+    overrides = {"reward_fn": None, "evaluation": None, "progress": False}
+    if micro_batch is not None:
+        overrides["train_batch_size"] = micro_batch
+    module = instantiate(node, policy=policy, **{k: v for k, v in overrides.items() if k in node})
+    return module.to(policy.device).standalone(optimizer)
 
 
 def seiko_step(policy, batch, truncation_steps: int, reference, checkpoint: bool, optimizer):
@@ -154,6 +149,10 @@ def seiko_step(policy, batch, truncation_steps: int, reference, checkpoint: bool
 
 
 def bench(cfg: DictConfig) -> dict:
+    if not hasattr(target_class(cfg.algorithm), "update"):
+        raise ConfigError(f"algorithm={cfg.algorithm.name} is invalid here: rlft bench times the update of a sampling-based "
+                          "algorithm (ppo, grpo, ddpo_sf, rwr, nft, awm) beside SEIKO's fine-tuning step, which it "
+                          "measures with any of them: run it with algorithm=ppo (the default)")
     L.seed_everything(cfg.seed)
     policy, prompts, device = load_policy(cfg)
     embeds = policy.encode_prompts(prompts)
@@ -172,23 +171,25 @@ def bench(cfg: DictConfig) -> dict:
     out["sample_s"], out["sample_bare_s"] = timed_pair(sampling, bare_sampling, repeats)
     out["sample_images_per_s"] = len(prompts) / out["sample_s"]
 
-    # (b) PPO: every trained timestep of one inner epoch, micro-batches of train_batch_size
+    # (b) the algorithm's update (PPO by default): its own `update`, micro-batches of train_batch_size
     traj = sample(policy, prompts)
     a = cfg.algorithm
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-12)  # steps taken, weights ~unchanged
     advantages = torch.randn(len(prompts), device=device)
     mb = a.train_batch_size
+    module = algorithm(cfg, policy, optimizer)
+    train_steps = module.trained_steps(len(timesteps))
 
-    def bare_ppo_steps():
-        for start in range(0, len(prompts), mb):
-            s = slice(start, start + mb)
-            for j in range(len(timesteps)):
-                bare_denoiser(policy, traj.latents[s, j], traj.timesteps[s, j], traj.prompt_embeds[s]).float().mean().backward()
-                optimizer.zero_grad(set_to_none=True)
+    def bare_ppo_steps():  # the same backward passes: each micro-batch at each trained step, per inner epoch
+        for _ in range(module.num_inner_epochs):
+            for start in range(0, len(prompts), mb):
+                s = slice(start, start + mb)
+                for j in range(train_steps):
+                    bare_denoiser(policy, traj.latents[s, j], traj.timesteps[s, j], traj.prompt_embeds[s]).float().mean().backward()
+                    optimizer.zero_grad(set_to_none=True)
 
-    trained = len(prompts) * len(timesteps)
-    ppo_training, ppo_work = counting_work(
-        policy, lambda: ppo_epoch(policy, traj, mb, a.get("clip_range", 1e-4), optimizer, advantages))
+    trained = len(prompts) * train_steps * module.num_inner_epochs
+    ppo_training, ppo_work = counting_work(policy, lambda: module.update(traj, advantages))
     out["ppo_train_s"], out["ppo_train_bare_s"] = timed_pair(ppo_training, bare_ppo_steps, repeats)
     out["ppo_timesteps_per_s"] = trained / out["ppo_train_s"]
 
@@ -236,7 +237,7 @@ def compiled_figures(cfg: DictConfig, policy, phases: dict, phase_work: dict) ->
     options = cfg.policy.compile
     policy.compile_denoiser(OmegaConf.to_container(options) if isinstance(options, DictConfig) else {})
     per_run = cfg.algorithm.epochs * cfg.data.samples_per_epoch / cfg.bench.samples  # sampling calls a run makes
-    calls = {"sample": per_run, "ppo_train": per_run * cfg.algorithm.timestep_fraction * cfg.algorithm.get("num_inner_epochs", 1)}
+    calls = {"sample": per_run, "ppo_train": per_run}  # an epoch's update trains its own share of the steps
     out, saved, work = {}, 0.0, 0.0
     for name, (fn, bare) in phases.items():
         first = _seconds(fn)
@@ -278,8 +279,9 @@ def measure_setting(cfg_container: dict, setting: dict) -> dict:
         policy.denoiser.enable_gradient_checkpointing()
     if setting["workload"] == "ppo":
         traj, advantages = sample(policy, prompts), torch.randn(len(prompts), device=device)
-        run = lambda: ppo_epoch(policy, traj, setting["micro_batch"], 1e-4, optimizer, advantages)
-        work = len(prompts) * traj.log_probs.shape[1]  # trained timesteps
+        module = algorithm(cfg, policy, optimizer, setting["micro_batch"])
+        run = lambda: module.update(traj, advantages)
+        work = len(prompts) * module.trained_steps(traj.log_probs.shape[1]) * module.num_inner_epochs  # trained timesteps
     else:
         reference = snapshot(policy)  # a second adapter, as SEIKO after its first round
         batch = prompts[: setting["micro_batch"]]
@@ -350,16 +352,19 @@ def trials(policy, phases: dict, repeats: int) -> dict:
     return out
 
 
+def workloads(r: dict) -> tuple[tuple[str, str, str], ...]:
+    """(label, key in bench.json, throughput) of each measured workload: the rows of both tables."""
+    return (("sampling", "sample", f"{r['sample_images_per_s']:.1f} images/s"),
+            ("PPO training", "ppo_train", f"{r['ppo_timesteps_per_s']:.0f} trained timesteps/s"),
+            ("SEIKO step", "seiko_step", f"{r['truncation_steps']} steps with gradient"))
+
+
 def table(r: dict) -> str:
-    rows = [
-        ("sampling", f"{r['sample_images_per_s']:.1f} images/s", r["sample_s"], r["sample_bare_s"], r["sample_ratio"]),
-        ("PPO training", f"{r['ppo_timesteps_per_s']:.1f} timesteps/s", r["ppo_train_s"], r["ppo_train_bare_s"], r["ppo_train_ratio"]),
-        ("SEIKO step", f"{r['truncation_steps']} steps with grad", r["seiko_step_s"], r["seiko_step_bare_s"], r["seiko_step_ratio"]),
-    ]
-    lines = [f"{'':14} {'throughput':>20} {'rlft s':>9} {'bare UNet s':>12} {'ratio':>7} {'outside UNet':>13} {'ms/UNet eval':>13}"]
-    for (name, throughput, actual, bare, ratio), key in zip(rows, ("sample", "ppo_train", "seiko_step")):
-        lines.append(f"{name:14} {throughput:>20} {actual:9.3f} {bare:12.3f} {ratio:7.2f} {1 - 1 / ratio:12.0%} "
-                     f"{r[f'{key}_ms_per_unet_eval']:13.3f}")
+    lines = [f"{'':14} {'throughput':>24} {'rlft s':>9} {'bare UNet s':>12} {'ratio':>7} {'outside UNet':>13} {'ms/UNet eval':>13}"]
+    for name, key, throughput in workloads(r):
+        ratio = r[f"{key}_ratio"]
+        lines.append(f"{name:14} {throughput:>24} {r[f'{key}_s']:9.3f} {r[f'{key}_bare_s']:12.3f} {ratio:7.2f} "
+                     f"{1 - 1 / ratio:12.0%} {r[f'{key}_ms_per_unet_eval']:13.3f}")
     lines.insert(0, f"on {r['machine']}")
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else ""))
     if r.get("memory_trade"):
@@ -372,7 +377,7 @@ def table(r: dict) -> str:
     if "sample_compiled_ratio" in r:
         lines += ["", "policy.compile (torch.compile of the denoiser), against the same bare eager loop:",
                   f"{'':14} {'compiled/eager':>15} {'compile s':>10} {'over a run, compile included':>29}"]
-        for name, key in (("sampling", "sample"), ("PPO training", "ppo_train")):
+        for name, key, _ in workloads(r)[:2]:
             lines.append(f"{name:14} {r[f'{key}_compiled_ratio']:15.2f} {r[f'{key}_compile_s']:10.1f} "
                          f"{r[f'{key}_compiled_run_ratio']:29.2f}")
         lines.append(f"compiling pays back above {r['compile_break_even_unet_evals'] / 1e6:.3f}M UNet evaluations "
@@ -389,10 +394,7 @@ def markdown(r: dict) -> str:
     lines = [f"On {r['machine']}, {r['samples']} images, {r['num_steps']} steps, medians of the repeats:", "",
              head + (" compiled / eager | compile | a run's ratio, compile included |" if compiled else ""),
              "|---" * (head.count("|") - 1 + 3 * compiled) + "|"]
-    rows = (("sampling", "sample", f"{r['sample_images_per_s']:.1f} images/s"),
-            ("PPO training", "ppo_train", f"{r['ppo_timesteps_per_s']:.0f} trained timesteps/s"),
-            ("SEIKO step", "seiko_step", f"{r['truncation_steps']} steps with gradient"))
-    for name, key, throughput in rows:
+    for name, key, throughput in workloads(r):
         line = (f"| {name} | {throughput} | {r[f'{key}_s']:.2f} s | {r[f'{key}_bare_s']:.2f} s | {r[f'{key}_ratio']:.2f} "
                 f"| {r[f'{key}_unet_evals']} | {r[f'{key}_ms_per_unet_eval']:.2f} |")
         if compiled:

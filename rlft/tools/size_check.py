@@ -25,13 +25,13 @@ def overrides(models: dict[str, Path], algorithm: str) -> list[str]:
     common = [
         "model=sd15", f"model.pretrained={models['pipeline']}", "model.dtype=float32", "policy.num_steps=2",
         "policy.latent_size=16", "model.prompts.train=[cat,dog]", "model.prompts.eval=[fox]",
-        "data.samples_per_epoch=2", "trainer.max_epochs=1", "algorithm.module.evaluation.samples_per_prompt=2",
+        "data.samples_per_epoch=2", "trainer.max_epochs=1", "algorithm.evaluation.samples_per_prompt=2",
     ]
     if algorithm == "ppo":  # the default reward (JPEG compressibility): no model of its own
         return [*common, "algorithm=ppo", "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2"]
     return [*common, "algorithm=seiko", f"model.reward_features.clip_path={models['clip']}",
             "algorithm.queries_per_round=[2]", "algorithm.epochs_per_round=1", "algorithm.truncation_steps=2",
-            "algorithm.train_batch_size=2", "algorithm.module.ensemble_epochs=2"]
+            "algorithm.train_batch_size=2", "algorithm.ensemble_epochs=2"]
 
 
 def weight_bytes(*directories: Path) -> int:
@@ -74,7 +74,7 @@ def size_check(workdir: str | Path) -> dict:
 
 
 LARGE_RUN = ["model.dtype=float32", "policy.num_steps=2", "model.prompts.train=[cat,dog]", "model.prompts.eval=[fox]",
-             "data.samples_per_epoch=2", "trainer.max_epochs=1", "algorithm.module.evaluation.samples_per_prompt=1",
+             "data.samples_per_epoch=2", "trainer.max_epochs=1", "algorithm.evaluation.samples_per_prompt=1",
              "algorithm=ppo", "algorithm.sample_batch_size=2", "algorithm.train_batch_size=2",
              "policy.lora_rank=32", "policy.lora_alpha=64", "model.max_sequence_length=8"]  # Flow-GRPO's LoRA
 

@@ -4,7 +4,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: figures go to TensorBoard or PNG files, never a window
 import matplotlib.pyplot as plt
-import torch
 
 
 def metric_curves(
