@@ -33,13 +33,16 @@ def test_a_new_algorithm_trains_through_the_cli(tiny_model_dir, tmp_path):
     """Its module and its config keys are all it takes: the pipeline samples, scores, updates and
     logs its loss's statistics."""
     run = tmp_path / "toy"
-    run_rlft(*TOY, "+algorithm.toy_weight=0.5", f"model.pretrained={tiny_model_dir}", "trainer.max_epochs=2",
+    result = run_rlft(*TOY, "+algorithm.toy_weight=0.5", f"model.pretrained={tiny_model_dir}", "trainer.max_epochs=2",
              "data.samples_per_epoch=4", "algorithm.sample_batch_size=4", "algorithm.train_batch_size=2",
              "policy.num_steps=2", f"hydra.run.dir={run}", cwd=tmp_path)
     scalars = read_scalars(run)
     assert [step for step, _ in scalars["train/toy_log_prob"]] == [0, 1]
     assert all(math.isfinite(v) for _, v in scalars["train/loss"])
     assert OmegaConf.load(run / ".hydra" / "config.yaml").algorithm.toy_weight == 0.5
+    # The (model, algorithm) pair's settings are said at the start, the command line's winning.
+    assert ("model=digits algorithm=ddpo_sf: conf/model_algorithm/digits_ddpo_sf.yaml sets algorithm.lr=0.003, "
+            "algorithm.train_batch_size=2 (the command line's; the pair's 8)") in result.stdout + result.stderr
 
 
 def test_a_target_that_cannot_be_imported_is_refused_at_composition():

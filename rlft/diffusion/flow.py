@@ -44,6 +44,15 @@ def step_sigmas(scheduler: FlowMatchEulerDiscreteScheduler, timesteps: torch.Ten
     return sigmas[index], sigmas[index + 1]
 
 
+def sample_sigmas(scheduler: FlowMatchEulerDiscreteScheduler, timestep: float | torch.Tensor,
+                  sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma and sigma_next of each row of `sample`, shaped to broadcast over it (B, 1, ...):
+    `timestep` one value for the batch or (B,) values."""
+    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+    sigma, sigma_next = step_sigmas(scheduler, t)
+    return per_sample(sigma, sample), per_sample(sigma_next, sample)
+
+
 def flow_sde_mean_and_std(
     scheduler: FlowMatchEulerDiscreteScheduler,
     model_output: torch.Tensor,
@@ -55,8 +64,7 @@ def flow_sde_mean_and_std(
     if scheduler.timesteps is None or scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_steps) before stepping")
     model_output, sample = model_output.float(), sample.float()
-    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-    sigma, sigma_next = (per_sample(s, sample) for s in step_sigmas(scheduler, t))
+    sigma, sigma_next = sample_sigmas(scheduler, timestep, sample)
     dt = sigma_next - sigma
     # sigma = 1 would divide by zero: the public code puts the schedule's second sigma there.
     sigma_max = scheduler.sigmas[1].to(sample.device, torch.float32)
@@ -88,8 +96,7 @@ def flow_cps_mean_and_std(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flow-CPS's Gaussian: mean (B, ...) and std (B, 1, ...), float32."""
     model_output, sample = model_output.float(), sample.float()
-    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-    sigma, sigma_next = (per_sample(s, sample) for s in step_sigmas(scheduler, t))
+    sigma, sigma_next = sample_sigmas(scheduler, timestep, sample)
     std = sigma_next * math.sin(noise_level * math.pi / 2)
     x0 = sample - sigma * model_output
     x1 = sample + (1 - sigma) * model_output
@@ -109,6 +116,5 @@ def flow_ode_step(
     scheduler: FlowMatchEulerDiscreteScheduler, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor
 ) -> torch.Tensor:
     """The Euler step x + v * dt: no noise, no log-probability (steps outside the SDE window)."""
-    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-    sigma, sigma_next = (per_sample(s, sample) for s in step_sigmas(scheduler, t))
+    sigma, sigma_next = sample_sigmas(scheduler, timestep, sample)
     return sample.float() + model_output.float() * (sigma_next - sigma)

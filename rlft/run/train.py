@@ -6,10 +6,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from rlft.assets import CONFIG_DIR
 from rlft.checks import constructor_node
 from rlft.run.preemption import last_checkpoint
 from rlft.run.validation import ConfigError, validate
@@ -39,9 +41,32 @@ def check_family(policy, model_cfg) -> None:
         )
 
 
+def pair_settings(cfg: DictConfig) -> str | None:
+    """The settings that conf/model_algorithm/ applied for this run's (model, algorithm) pair, with
+    the values the run has (a command-line override wins over them), for the start of its log."""
+    if not HydraConfig.initialized():
+        return None
+    choice = HydraConfig.get().runtime.choices.get("model_algorithm")
+    if not choice:
+        return None
+    pair, names, folder = {}, [choice], Path(CONFIG_DIR) / "model_algorithm"
+    while names:  # the file, then the files its defaults list extends (whose values it overrides)
+        node = OmegaConf.load(folder / f"{names.pop()}.yaml")
+        names += [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+        for group, block in node.items():
+            for key, value in (block.items() if group != "defaults" else ()):
+                pair.setdefault(f"{group}.{key}", value)
+    said = lambda key, value: (f"{key}={value}" if OmegaConf.select(cfg, key) == value
+                               else f"{key}={OmegaConf.select(cfg, key)} (the command line's; the pair's {value})")
+    values = ", ".join(said(key, value) for key, value in pair.items())
+    return f"model={cfg.model.name} algorithm={cfg.algorithm.name}: conf/model_algorithm/{choice}.yaml sets {values}"
+
+
 def build(cfg: DictConfig):
     """The module, datamodule and trainer a config describes (nothing is run)."""
     validate(cfg)
+    if said := pair_settings(cfg):
+        log.info(said)
     L.seed_everything(cfg.seed, workers=True)
     components = instantiate(cfg.model.load)
     policy = instantiate(cfg.policy, **components, compile=False)
