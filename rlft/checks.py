@@ -4,8 +4,8 @@ class that each config names (its `check_config`) and by the run's generic `vali
 
 import contextlib
 
-from hydra.utils import get_object
-from omegaconf import DictConfig
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -56,8 +56,6 @@ def algorithm_node(cfg: DictConfig) -> DictConfig:
 def constructor_node(node: DictConfig) -> DictConfig:
     """`node`, resolved, without the keys its class declares are for the other configs only
     (`config_only_keys`: an algorithm's name, epochs and learning rate)."""
-    from omegaconf import OmegaConf  # noqa: PLC0415
-
     skip = set(getattr(target_class(node), "config_only_keys", ()))
     resolved = OmegaConf.to_container(node, resolve=True)  # interpolations read where they stand
     return OmegaConf.create({k: v for k, v in resolved.items() if k not in skip})
@@ -65,13 +63,11 @@ def constructor_node(node: DictConfig) -> DictConfig:
 
 def algorithm_class(cfg: DictConfig):
     """The run's algorithm: its class answers what other settings may ask of it (e.g. whether it
-    trains on the sampler's log-probabilities)."""
+    needs the sampler's stochastic steps)."""
     return target_class(algorithm_node(cfg))
 
 
 def checked_by_building(cfg: DictConfig, node: DictConfig, where: str) -> None:
     """The `check_config` of a class whose constructor checks its settings and costs nothing to
     run (no weights, no network): it is built once at composition."""
-    from hydra.utils import instantiate  # noqa: PLC0415 (Hydra's instantiate imports much; only here)
-
     instantiate(node)

@@ -32,9 +32,11 @@ def test_the_samples_do_not_depend_on_the_batch_size(tiny_model_dir, tmp_path):
     a, b = read(tmp_path / "a.jsonl"), read(tmp_path / "b.jsonl")
     assert [(r["prompt"], r["sample"]) for r in a] == [(r["prompt"], r["sample"]) for r in b]
     assert len(a) == 2 * len({r["prompt"] for r in a}) and [r["sample"] for r in a[:2]] == [0, 1]
-    # The same noise: the same 8-bit images (equal JPEG sizes), float scores equal but for batched rounding.
+    # The same noise: the same 8-bit images (equal JPEG sizes), float scores equal but for batched rounding
+    # (float32, relative: a log-probability of -8.6 differed by 1.05e-5 between batches of 3 and 32 on an
+    # AVX-512 AMD EPYC, 2026-12-07; another sample's score differs by more than 0.01).
     assert [r["reward"] for r in a] == [r["reward"] for r in b]
-    assert [r["digit_alignment"] for r in a] == pytest.approx([r["digit_alignment"] for r in b], abs=1e-5)
+    assert [r["digit_alignment"] for r in a] == pytest.approx([r["digit_alignment"] for r in b], rel=1e-5, abs=1e-5)
     assert len({round(r["digit_alignment"], 3) for r in a}) > len(a) // 2  # and the samples differ from each other
     summary = json.loads((tmp_path / "a.jsonl.summary.json").read_text())
     for name in ("reward", "digit_alignment"):

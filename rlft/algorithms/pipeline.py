@@ -21,23 +21,23 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from rlft.algorithms.base import RLModule
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, group_normalized
-from rlft.algorithms.evaluation_ema import ema_weights, evaluation_ema
+from rlft.algorithms.base import RLModule
 from rlft.algorithms.evaluation import HeldOutEvaluation, mean_of_finite
+from rlft.algorithms.evaluation_ema import ema_weights, evaluation_ema
 from rlft.algorithms.health import NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
 from rlft.algorithms.queries import query_fresh_samples
 from rlft.algorithms.scored_sampling import sample_and_score
+from rlft.checks import check
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
-from rlft.types import PromptEmbeds, Trajectories
-from rlft.checks import check
+from rlft.rewards.learned import LearnedReward
+from rlft.rewards.scorer import Scorer
 from rlft.run.distributed import (check_sharding, gather, grad_sync, mean_over_ranks, rank_and_world, shard,
                                   sum_over_ranks, world_size)
 from rlft.run.preemption import stop_if_requested
-from rlft.rewards.learned import LearnedReward
-from rlft.rewards.scorer import Scorer
+from rlft.types import PromptEmbeds, Trajectories
 
 
 log = logging.getLogger(__name__)

@@ -23,14 +23,14 @@ from rlft.algorithms.base import RLModule
 from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
 from rlft.algorithms.optimizer_step import clipped_step
+from rlft.algorithms.queries import query_fresh_samples
+from rlft.checks import check
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
 from rlft.diffusion.reference import BaseReference, lora_layers, reference_from_state, snapshot
-from rlft.checks import check
-from rlft.run.distributed import check_sharding, gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks, world_size
-from rlft.algorithms.queries import query_fresh_samples
 from rlft.ensemble.fit import fit_reward_model
 from rlft.ensemble.reward_ensemble import RewardEnsemble
+from rlft.run.distributed import check_sharding, gather, mean_over_ranks, rank_and_world, shard, sum_over_ranks, world_size
 from rlft.run.preemption import last_checkpoint, stop_if_requested
 
 log = logging.getLogger(__name__)

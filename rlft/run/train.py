@@ -46,10 +46,11 @@ def pair_settings(cfg: DictConfig) -> str | None:
     the values the run has (a command-line override wins over them), for the start of its log."""
     if not HydraConfig.initialized():
         return None
-    choice = HydraConfig.get().runtime.choices.get("model_algorithm")
-    if not choice:
+    choice = HydraConfig.get().runtime.choices.get("model_algorithm")  # named even when no such file is
+    folder = Path(CONFIG_DIR) / "model_algorithm"
+    if not choice or not (folder / f"{choice}.yaml").is_file():
         return None
-    pair, names, folder = {}, [choice], Path(CONFIG_DIR) / "model_algorithm"
+    pair, names = {}, [choice]
     while names:  # the file, then the files its defaults list extends (whose values it overrides)
         node = OmegaConf.load(folder / f"{names.pop()}.yaml")
         names += [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
