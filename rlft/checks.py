@@ -12,10 +12,31 @@ class ConfigError(ValueError):
     """A setting that is wrong, with the key to change and what is valid."""
 
 
+class MissingWeights(FileNotFoundError):
+    """A setting names weights that cannot be read (no such directory, a missing component, a
+    failed load), with the key to change and what was expected."""
+
+
 def check(ok: bool, setting: str, value, valid: str) -> None:
     """Fails with "`setting`=`value` is invalid: `valid`" unless `ok`."""
     if not ok:
         raise ConfigError(f"{setting}={value!r} is invalid: {valid}")
+
+
+def wrong_setting(error: BaseException | None) -> Exception | None:
+    """The `ConfigError` or `MissingWeights` that `error` is or wraps (Hydra's InstantiationException
+    wraps a constructor's; OmegaConf's InterpolationResolutionError a resolver's), else None."""
+    while error is not None:
+        if isinstance(error, (ConfigError, MissingWeights)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def required_prompts(key: str, preset: str, path: str):
+    """The resolver `${required_prompts:KEY,PRESET,PATH}`: a preset's prompt list that the user must
+    give (a `???` would not replace the model config's prompts when merged over them)."""
+    raise ConfigError(f"{key} is required by {preset}: give its prompt file, {key}='${{prompt_set:{path}}}'")
 
 
 @contextlib.contextmanager

@@ -227,6 +227,17 @@ def test_every_experiment_composes_with_its_sweep(experiment):
     assert cfg.hydra.sweeper.params, f"experiment {experiment} sweeps nothing"
 
 
+@pytest.mark.parametrize("experiment", ["flow_grpo_pickscore_sd35", "diffusionnft_multi_reward_sd35"])
+def test_a_preset_without_its_prompt_files_fails_at_composition_naming_them(experiment):
+    """A preset's required prompts replace the model's (a `???` merged over a list would keep the
+    list: these presets trained on DDPO's animal prompts without a word)."""
+    needs = PUBLISHED_SETTINGS[experiment]
+    for given, missing in (([], "train"), (["model.prompts.train=[a cat]"], "eval")):
+        with pytest.raises(ConfigError, match=rf"model\.prompts\.{missing} is required by \+experiment={experiment}: give "
+                                              rf"its prompt file, model\.prompts\.{missing}='\$\{{prompt_set:/path/to/"):
+            validate(compose_cfg([f"+experiment={experiment}", *needs, *given, "model.dtype=float32"]))
+
+
 @pytest.mark.parametrize("experiment,needs", sorted(PUBLISHED_SETTINGS.items()))
 def test_the_papers_settings_compose_and_validate_with_prompt_files(experiment, needs, tmp_path):
     for split in ("train", "test"):

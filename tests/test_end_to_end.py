@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,11 @@ def test_ppo_run_logs_finite_metrics_and_checkpoints(tiny_model_dir, tmp_path, r
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert "clip_range" in (run_dir / "hparams.yaml").read_text()
+    # One line per epoch in the run's log (what a cluster job's log shows while it runs).
+    lines = [line.split("] - ", 1)[1] for line in (run_dir / "cli.log").read_text().splitlines() if "] - epoch " in line]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], lines
+    assert re.fullmatch(r"epoch 2/2: reward -?\d\.\d{4} ± \d\.\d{4}, eval -?\d\.\d{4}, approx_kl \S+, clipfrac \d\.\d{3}, "
+                        r"queries 16, \d+\.\d s", lines[1]), lines[1]
 
 
 def test_sweep_names_runs_by_their_overrides_and_compare_reads_it(tiny_model_dir, tmp_path):

@@ -4,6 +4,7 @@ store, the non-finite guard, the oracle-query and time counters, sample images, 
 every checkpoint that makes a resumed run continue exactly; and what an algorithm's class tells
 the checks of other settings (`rlft.checks.algorithm_class`)."""
 
+import logging
 from typing import Callable
 
 import lightning as L
@@ -18,6 +19,8 @@ from rlft.run.checkpoints import check_resumable, keep_trained_state
 from rlft.run.distributed import check_sharding, sum_over_ranks
 from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
 from rlft.run.sample_images import sample_grid, video_summary
+
+log = logging.getLogger(__name__)
 
 
 class RLModule(L.LightningModule):
@@ -108,6 +111,20 @@ class RLModule(L.LightningModule):
         return {"oracle/queries": float(self.oracle_queries),
                 "work/unet_evals": float(sum_over_ranks(training_work(self.policy, self.evaluation), world)),
                 **self.health.metrics()}
+
+    # What the epoch's log line shows, when the epoch logged it: (label, metric, format).
+    EPOCH_LINE = (("reward", "reward/mean", "{:.4f}"), ("± ", "reward/std", "{:.4f}"), ("eval", "eval/oracle_reward", "{:.4f}"),
+                  ("reward model", "train/reward_model", "{:.4f}"),
+                  ("approx_kl", "train/approx_kl", "{:.2e}"), ("clipfrac", "train/clipfrac", "{:.3f}"), ("kl", "train/kl", "{:.2e}"),
+                  ("queries", "oracle/queries", "{:.0f}"))
+
+    def epoch_line(self, metrics: dict, seconds: float) -> str:
+        """One line per epoch for the console and the run's log (cli.log): what a cluster job's log
+        shows between its start and its end."""
+        parts = [f"{label}{'' if label.endswith(' ') else ' '}{fmt.format(float(metrics[key]))}"
+                 for label, key, fmt in self.EPOCH_LINE if key in metrics]
+        line = f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}: " + ", ".join(parts)
+        return line.replace(", ± ", " ± ") + f", {seconds:.1f} s"
 
     def log_samples(self, images, prompts: list[str], rewards, step: int) -> None:
         """Every `log_images_every_n_epochs` epochs and at the last, rank 0's samples: a grid of images

@@ -261,6 +261,8 @@ class OnlineRL(RLModule):
         ):
             metrics |= self.evaluate(world)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False)
+        if self.trainer.is_global_zero:
+            log.info(self.epoch_line(metrics, time.perf_counter() - t0))
         if self.first_reward_mean is None:
             self.first_reward_mean = float(finite.mean())
         self.log("reward", float(finite.mean()), prog_bar=True, logger=False)

@@ -259,6 +259,8 @@ class SEIKO(RLModule):
         # Step = epoch + 1: step 0 holds the evaluation of the base model, before any query.
         if self.logger:
             self.logger.log_metrics(metrics, step=self.current_epoch + 1)
+        if self.trainer.is_global_zero:
+            log.info(self.epoch_line(metrics, time.perf_counter() - t0))
         self.log("eval/oracle_reward", eval_reward, prog_bar=True, logger=False)
         self.log("work/unet_evals", metrics["work/unet_evals"], logger=False)  # for train()'s closing summary
         if self.first_reward_mean is None:

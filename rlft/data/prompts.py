@@ -4,7 +4,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from rlft.checks import check
+from omegaconf.errors import InterpolationResolutionError
+
+from rlft.checks import check, wrong_setting
 
 
 class EpochSampler(RandomSampler):
@@ -32,6 +34,10 @@ class PromptDataModule(L.LightningDataModule):
     @staticmethod
     def check_config(cfg, node, where: str) -> None:
         check(node.samples_per_epoch >= 1, "data.samples_per_epoch", node.samples_per_epoch, "must be >= 1")
+        try:  # the prompts resolved now: a preset's required prompt files are named before anything loads
+            node.train, node.eval
+        except InterpolationResolutionError as error:
+            raise (wrong_setting(error) or error) from None
 
     def __init__(self, train: list[str], eval: list[str] | None = None, samples_per_epoch: int = 64, seed: int = 0,
                  group_size: int = 1):

@@ -14,6 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from rlft.checks import MissingWeights
 from rlft.data.digits import vocabulary
 from rlft.types import PromptEmbeds
 from rlft.models.base import DiffusionModel, unet_denoise
@@ -126,7 +127,7 @@ def load_digits_model(path: str) -> dict:
     parts = ("unet", "scheduler", "text_encoder")
     missing = [sub for sub in parts if not (Path(path) / sub).is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingWeights(
             f"{path!r} is not a digits model directory: missing {missing} "
             "(expected unet/, scheduler/ and text_encoder/ as written by `python -m rlft.pretrain`)"
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from diffusers import ModelMixin
 
+from rlft.checks import MissingWeights
 from rlft.models.fingerprint import base_fingerprint
 
 
@@ -53,7 +54,7 @@ def check_pipeline(pretrained: str, dtype: str, pipeline_class: str, choice: str
         missing = [c for c in components if not (local / c).is_dir()]
         if missing:
             extra = hint(missing) if callable(hint) else hint  # e.g. SD3: "(or model.use_t5=false ...)"
-            raise FileNotFoundError(
+            raise MissingWeights(
                 f"model.pretrained={pretrained!r} is not a {title} pipeline directory: missing {missing}{extra} "
                 f"(expected {list(components)}, as {pipeline_class}.save_pretrained writes)"
             )
@@ -66,7 +67,7 @@ def loading(title: str, pretrained: str, revision: str | None, variant: str | No
     try:
         yield
     except (OSError, ValueError) as error:
-        raise OSError(f"could not load {title} from model.pretrained={pretrained!r} "
+        raise MissingWeights(f"could not load {title} from model.pretrained={pretrained!r} "
                       f"(revision={revision}, variant={variant}): {error}") from error
 
 

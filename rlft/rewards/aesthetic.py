@@ -11,6 +11,8 @@ from torch import nn
 from transformers import CLIPModel
 from transformers.image_processing_utils import ImageProcessingMixin
 
+from rlft.checks import MissingWeights
+
 
 class AestheticMLP(nn.Module):
     """768 -> 1024 -> 128 -> 64 -> 16 -> 1, the improved-aesthetic-predictor layout (its
@@ -86,7 +88,7 @@ class AestheticScore(nn.Module):
         super().__init__()
         self.backbone = ClipImageFeatures(clip_path, dtype)
         if not Path(head_path).is_file():
-            raise FileNotFoundError(f"reward.head_path={head_path!r}: no such file (the aesthetic predictor's weights, "
+            raise MissingWeights(f"reward.head_path={head_path!r}: no such file (the aesthetic predictor's weights, "
                                     f"e.g. sac+logos+ava1-l14-linearMSE.pth)")
         state = torch.load(head_path, map_location="cpu", weights_only=True)
         self.head = AestheticMLP(self.backbone.dim)

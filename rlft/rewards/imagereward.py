@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval
 
+from rlft.checks import MissingWeights
 from rlft.rewards.clip_similarity import to_pil
 
 IMAGEREWARD_MEAN = 0.16717362830052426  # ImageReward.py's self.mean, self.std
@@ -46,7 +47,7 @@ class ImageReward:
     def __init__(self, model_path: str, dtype: str = "float32"):
         directory = Path(model_path)
         if not (directory / "imagereward_head.safetensors").is_file():
-            raise FileNotFoundError(f"reward.model_path={model_path!r} is not a converted ImageReward directory (no "
+            raise MissingWeights(f"reward.model_path={model_path!r} is not a converted ImageReward directory (no "
                                     f"imagereward_head.safetensors): write one with `python -m rlft.rewards.convert "
                                     f"imagereward ImageReward.pt --config Salesforce/blip-itm-large-coco --out DIR`")
         blip = BlipForImageTextRetrieval.from_pretrained(model_path, dtype=getattr(torch, dtype)).requires_grad_(False).eval()

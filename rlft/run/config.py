@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rlft.assets import CONFIG_DIR, asset_path
+from rlft.checks import required_prompts
 from rlft.prompts import prompt_set
 from rlft.rewards.multi import component_configs
 
@@ -52,9 +53,11 @@ def format_config_groups(mode: str, *names: str) -> str:
 # `${job_name:${hydra:job.override_dirname},${algorithm.name}}`: see job_name.
 # `${prompt_set:imagenet_animals}`: a prompt list shipped in rlft/prompts/.
 # `${config_groups:except,pretrain}`: --help's list of groups (see format_config_groups).
+# `${required_prompts:model.prompts.train,+experiment=NAME,/path/to/train.txt}`: a preset's prompts that
+#   the user must give; composing without them fails naming the key (rlft.checks.required_prompts).
 # `${reward_configs:${.components},${.settings}}`: reward=multi's components, each an option of conf/reward/.
 for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("job_name", job_name),
-                       ("prompt_set", prompt_set), ("config_groups", format_config_groups),
+                       ("prompt_set", prompt_set), ("config_groups", format_config_groups), ("required_prompts", required_prompts),
                        ("reward_configs", lambda names, settings: component_configs(names, settings, CONFIG_DIR))):
     if not OmegaConf.has_resolver(name):
         OmegaConf.register_new_resolver(name, resolver)
