@@ -233,3 +233,24 @@ def test_nft_trains_a_flow_model_cfg_free(tiny_flow_model_dir, tmp_path):
     assert all(v > 0 for tag in ("train/positive_loss", "train/negative_loss") for _, v in scalars[tag])
     assert 0 <= scalars["train/optimality_mean"][0][1] <= 1
     assert optimizer_steps(run_dir) == 2 * 2  # epochs x micro-batches (each step: its 3 timesteps)
+
+
+def test_tensorboard_opens_on_the_reward(tiny_model_dir, tmp_path):
+    """The Custom Scalars tab's layout is in the run's events: the reward, its spread, KL and clipping, time."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    run_dir = tmp_path / "run"
+    run_rlft(f"model.pretrained={tiny_model_dir}", *TINY_RUN, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    layouts = []
+    for events in run_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "custom_scalars":
+                    layouts.append(layout_pb2.Layout.FromString(value.tensor.string_val[0]))
+    assert len(layouts) == 1, layouts
+    charts = {chart.title: chart for category in layouts[0].category for chart in category.chart}
+    assert list(charts["reward (training batch, held-out evaluation)"].multiline.tag)[:2] == ["reward/mean", "eval/oracle_reward"]
+    spread = charts["reward's spread in the batch"].margin.series[0]
+    assert (spread.value, spread.lower, spread.upper) == ("reward/mean", "reward/min", "reward/max")
+    assert {"train/approx_kl$", "train/clipfrac$"} <= set(charts["KL and clipping"].multiline.tag)

@@ -23,6 +23,16 @@ from rlft.run.sample_images import sample_grid, video_summary
 log = logging.getLogger(__name__)
 
 
+# TensorBoard's Custom Scalars tab: the charts a run is followed by, each a regex of tags.
+TENSORBOARD_LAYOUT = {"rlft": {
+    "reward (training batch, held-out evaluation)": ["Multiline", [r"reward/mean", r"eval/oracle_reward", r"eval/proxy_reward"]],
+    "reward's spread in the batch": ["Margin", ["reward/mean", "reward/min", "reward/max"]],
+    "held-out and component rewards": ["Multiline", [r"eval/(?!oracle_reward|proxy)", r"reward/(?!mean|std|min|max)"]],
+    "KL and clipping": ["Multiline", [r"train/approx_kl$", r"train/kl$", r"train/clipfrac$"]],
+    "seconds per epoch": ["Multiline", [r"time/(sample|reward|train|eval)_s"]],
+}}
+
+
 class RLModule(L.LightningModule):
     # What other settings may ask of the algorithm (checked at composition):
     moves_sde_window = False  # policy.sde_window_shift moves the SDE window between its epochs
@@ -73,6 +83,10 @@ class RLModule(L.LightningModule):
         check_sharding(self.trainer.world_size, self.trainer.datamodule.samples_per_epoch, *self.micro_batching())
         reseed_at_fit_start()
         self.answers = AnswerStore.beside_checkpoints(self.trainer)
+        writer = getattr(self.logger, "experiment", None) if self.trainer.is_global_zero else None
+        if hasattr(writer, "add_custom_scalars"):
+            writer.add_custom_scalars(TENSORBOARD_LAYOUT)
+
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
