@@ -69,6 +69,7 @@ class SEIKO(RLModule):
         check(a.ensemble_epochs >= 1, "algorithm.ensemble_epochs", a.ensemble_epochs, "must be >= 1")
         check(0 < a.ensemble_val_fraction < 1, "algorithm.ensemble_val_fraction", a.ensemble_val_fraction,
               "must be in (0, 1): the share of feedback held out to measure the ensemble's fit")
+
     @classmethod
     def projected_unet_evals(cls, cfg: DictConfig, cfg_factor: int) -> float:
         """The queries sampled without gradient, then each epoch's fine-tuning through the last
