@@ -82,11 +82,9 @@ def check_run(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     algorithm = algorithm_node(cfg)
-    where = next(w for w, node in configured_nodes(cfg) if node is algorithm)
-    check_node(cfg, algorithm, where)
-    for where, node in configured_nodes(cfg):
-        if node is not algorithm:
-            check_node(cfg, node, where)
+    nodes = list(configured_nodes(cfg))  # one walk of the tree
+    for where, node in sorted(nodes, key=lambda item: item[1] is not algorithm):  # the algorithm's checks first
+        check_node(cfg, node, where)
     check_hardware(cfg)
     check_run(cfg)
     check_launcher(world_size(cfg.trainer), cfg.trainer.get("devices"))
