@@ -9,6 +9,7 @@ import math
 import pytest
 
 from rlft.tools.benchmark import summarize
+from tests.test_errors import rlft
 from tests.test_end_to_end import run_rlft
 
 
@@ -63,3 +64,25 @@ def test_genevals_tasks_and_their_mean_on_a_detector_that_sees_two_cats(tmp_path
     # "three cats" does not. single_object 1, counting 1/2; GenEval's overall: their mean.
     assert s["groups"] == {"counting": 0.5, "single_object": 1.0} and s["mean_over_groups"] == 0.75
     assert s["mean"] == pytest.approx(4 / 6) and s["n"] == 6
+
+
+def test_scores_go_into_the_scored_run_and_are_never_overwritten(tiny_model_dir, tmp_path):
+    """A run's checkpoint is scored into the run's own directory, with the checkpoint, its epoch and
+    the config recorded; a second benchmark to the same file is refused (exit 2) until overwrite=true."""
+    run = tmp_path / "run"
+    run_rlft(f"model.pretrained={tiny_model_dir}", "policy.num_steps=2", "algorithm.epochs=1", "data.samples_per_epoch=4",
+             "algorithm.sample_batch_size=4", "algorithm.train_batch_size=2", f"hydra.run.dir={run}", cwd=tmp_path)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    args = ["benchmark", f"model.pretrained={tiny_model_dir}", "policy.num_steps=2", "benchmark.per_prompt=1",
+            f"ckpt_path={ckpt}"]
+    run_rlft(*args, cwd=tmp_path)
+    out = run / "benchmark" / "compressibility_last.jsonl"
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    assert summary["scored"]["checkpoint"] == str(ckpt.resolve()) and summary["scored"]["epoch"] == 0
+    assert f"ckpt_path={ckpt}" in summary["scored"]["overrides"] and summary["reward"]["n"] == len(read(out))
+    assert "num_steps: 2" in out.with_name(out.name + ".config.yaml").read_text()
+    before = out.read_text()
+    again = rlft(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "benchmark.out=" in again.stderr and "benchmark.overwrite=true" in again.stderr
+    assert out.read_text() == before
+    run_rlft(*args, "benchmark.overwrite=true", cwd=tmp_path)

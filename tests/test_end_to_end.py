@@ -144,7 +144,7 @@ def test_subcommands_reach_their_tools(tmp_path):
     assert "usage: rlft compare" in run_rlft("compare", "--help", cwd=tmp_path).stdout
     assert "usage: rlft plot" in run_rlft("plot", "--help", cwd=tmp_path).stdout
     assert "sample:" in run_rlft("sample", "--cfg", "job", cwd=tmp_path).stdout  # conf/sample.yaml's key
-    assert "bench:" in run_rlft("bench", "--cfg", "job", cwd=tmp_path).stdout  # conf/bench.yaml's key
+    assert "speed:" in run_rlft("speed", "--cfg", "job", cwd=tmp_path).stdout  # conf/speed.yaml's key
     assert "benchmark:" in run_rlft("benchmark", "--cfg", "job", cwd=tmp_path).stdout  # conf/benchmark.yaml's key
 
 

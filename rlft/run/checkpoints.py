@@ -96,8 +96,9 @@ def check_resumable(module: L.LightningModule, checkpoint: dict, also: tuple[str
         )
 
 
-def load_trained_policy(policy, path: str | Path) -> None:
-    """The trained weights of a run's checkpoint into a freshly loaded `policy` (rlft.tools.sample)."""
+def load_trained_policy(policy, path: str | Path) -> dict:
+    """The trained weights of a run's checkpoint into a freshly loaded `policy` (rlft.tools.sample);
+    returns where in its run the checkpoint was written (`epoch`, `global_step`)."""
     # A run's own file; its hyper_parameters hold omegaconf containers, outside weights_only's allowlist.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     check_base(policy, checkpoint)
@@ -107,3 +108,4 @@ def load_trained_policy(policy, path: str | Path) -> None:
     if unexpected or trainable & set(missing):
         raise ConfigError(f"{path} does not fit this policy: unexpected {unexpected[:3]}, "
                           f"missing {sorted(trainable & set(missing))[:3]}")
+    return {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}

@@ -48,16 +48,34 @@ def format_config_groups(mode: str, *names: str) -> str:
     return "\n".join(f"{group}: {', '.join(options)}" for group, options in groups.items())
 
 
+def tool_keys(app_name: str) -> str:
+    """A tool's --help (conf/hydra/help/tool.yaml): the keys its primary config adds to the training
+    config (`rlft sample` -> conf/sample.yaml's `ckpt_path` and `sample:`), as written, comments
+    included: a YAML dump would drop the comments that say what each key does."""
+    text = (Path(CONFIG_DIR) / f"{app_name.split()[-1]}.yaml").read_text()
+    blocks = re.split(r"\n(?=\S)", text)  # top-level entries, each with its indented lines
+    keep = [b for b in blocks if not b.startswith(("#", "defaults:", "hydra:"))]
+    return "\n".join(keep).rstrip()
+
+
+def tool_groups(*, _root_) -> str:
+    """A tool's --help: the config groups it composes (those Hydra chose an option of)."""
+    chosen = _root_.hydra.runtime.choices
+    return format_config_groups("only", *(group for group in config_groups() if group in chosen))
+
+
 # `${asset:digits16}` -> the path of a model directory shipped inside the package.
 # `${len:${.queries_per_round}}`, `${mul:a,b}`: SEIKO's epochs from its round schedule.
 # `${job_name:${hydra:job.override_dirname},${algorithm.name}}`: see job_name.
 # `${prompt_set:imagenet_animals}`: a prompt list shipped in rlft/prompts/.
 # `${config_groups:except,pretrain}`: --help's list of groups (see format_config_groups).
+# `${tool_keys:${hydra.help.app_name}}`, `${tool_groups:}`: a tool's --help (conf/hydra/help/tool.yaml).
 # `${required_prompts:model.prompts.train,+experiment=NAME,/path/to/train.txt}`: a preset's prompts that
 #   the user must give; composing without them fails naming the key (rlft.checks.required_prompts).
 # `${reward_configs:${.components},${.settings}}`: reward=multi's components, each an option of conf/reward/.
 for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("job_name", job_name),
                        ("prompt_set", prompt_set), ("config_groups", format_config_groups), ("required_prompts", required_prompts),
+                       ("tool_keys", tool_keys), ("tool_groups", tool_groups),
                        ("reward_configs", lambda names, settings: component_configs(names, settings, CONFIG_DIR))):
     if not OmegaConf.has_resolver(name):
         OmegaConf.register_new_resolver(name, resolver)

@@ -9,8 +9,8 @@ count (the run logs that).
 
 `policy.compile=auto` compiles the denoiser when the projected work exceeds
 `compile_break_even` evaluations: the work above which the time compiling saves
-(compiled calls being faster) exceeds the time compiling takes. `rlft bench` measures it on the
-machine it runs on (`compile_break_even_unet_evals` in bench.json).
+(compiled calls being faster) exceeds the time compiling takes. `rlft speed` measures it on the
+machine it runs on (`compile_break_even_unet_evals` in speed.json).
 """
 
 import logging

@@ -24,7 +24,7 @@ PRIMARY = {  # the configs an entry point composes, and the command that compose
     "config.yaml": "rlft (python -m rlft)",
     "sample.yaml": "rlft sample",
     "benchmark.yaml": "rlft benchmark",
-    "bench.yaml": "rlft bench",
+    "speed.yaml": "rlft speed",
     "pretraining.yaml": "rlft pretrain",
     "serve.yaml": "rlft serve",
 }

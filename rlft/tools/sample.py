@@ -11,13 +11,16 @@ from omegaconf import DictConfig
 
 from rlft.run.checkpoints import load_trained_policy
 from rlft.run.config import CONFIG_DIR, check_config_dir
+from rlft.run.errors import one_line_errors
 from rlft.run.sample_images import sample_grid
 
 
-def load_policy(cfg: DictConfig, ckpt_path: str | None = None):
+def load_policy(cfg: DictConfig, ckpt_path: str | None = None, where: dict | None = None):
+    """The base model, with a run's trained weights when `ckpt_path` is given (then `where`, if
+    given, receives the checkpoint's epoch and global_step)."""
     policy = instantiate(cfg.policy, **instantiate(cfg.model.load))
     if ckpt_path:
-        load_trained_policy(policy, ckpt_path)
+        (where if where is not None else {}).update(load_trained_policy(policy, ckpt_path))
     return policy.eval()
 
 
@@ -37,7 +40,8 @@ def sample_to_png(cfg: DictConfig) -> str:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    sample_to_png(cfg)
+    with one_line_errors():
+        sample_to_png(cfg)
 
 
 check_config_dir()

@@ -4,7 +4,7 @@ and one SEIKO epoch through the CLI on random-weight models of SD1.5's architect
 ensemble backbone a CLIP ViT-L/14, 428M). 16x16 latents, 2 denoising steps, 2 samples: the
 sizes are those of real SD1.5 runs, the compute is small.
 
-Run by `rlft bench bench.size_check=DIR` and by the slow test
+Run by `rlft speed speed.size_check=DIR` and by the slow test
 (tests/test_size_check.py). Each run is its own process; its peak RSS is the kernel's
 (`os.wait4`), and "frozen weights" is the size of the weight files the run loads.
 """

@@ -1,4 +1,4 @@
-"""`rlft bench [model=...] [overrides]`: where the time goes, measured in one run.
+"""`rlft speed [model=...] [overrides]`: where the time goes, measured in one run.
 
 RL fine-tuning of a diffusion model is bound by UNet compute. Each figure below is the
 algorithm's own code against a bare loop of the same UNet calls on the same batch shapes,
@@ -18,12 +18,12 @@ a shared, noisy machine better than either time alone:
   checkpointing of the chain, each setting timed with its peak memory in a fresh process;
 - `policy.compile` (torch.compile of the denoiser): compiled sampling and PPO training over
   the same bare eager loops, the compile time, and the ratio over a run of the config's length
-  with the compile time included (`bench.compile`, on);
+  with the compile time included (`speed.compile`, on);
 - trials of other levers (channels-last, bfloat16 autocast, merged LoRA for sampling) over
-  the same bare loops (`bench.trials=true`);
+  the same bare loops (`speed.trials=true`);
 - the work of each measured call in UNet sample-evaluations (`*_unet_evals`, the unit of a
   run's `work/unet_evals`) and the time per evaluation (`*_ms_per_unet_eval`).
-Prints a table and writes bench.json in the run directory, and bench.md: the manual's
+Prints a table and writes speed.json in the run directory, and speed.md: the manual's
 Performance table made from it.
 """
 
@@ -122,7 +122,7 @@ def native_bfloat16(device: torch.device) -> bool:
 def load_policy(cfg: DictConfig):
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     policy = instantiate(cfg.policy, compile=False, **instantiate(cfg.model.load)).to(device)  # eager: the baseline
-    prompts = [cfg.model.prompts.train[i % len(cfg.model.prompts.train)] for i in range(cfg.bench.samples)]
+    prompts = [cfg.model.prompts.train[i % len(cfg.model.prompts.train)] for i in range(cfg.speed.samples)]
     return policy, prompts, device
 
 
@@ -148,9 +148,9 @@ def seiko_step(policy, batch, truncation_steps: int, reference, checkpoint: bool
     optimizer.zero_grad(set_to_none=True)
 
 
-def bench(cfg: DictConfig) -> dict:
+def measure(cfg: DictConfig) -> dict:
     if not hasattr(target_class(cfg.algorithm), "update"):
-        raise ConfigError(f"algorithm={cfg.algorithm.name} is invalid here: rlft bench times the update of a sampling-based "
+        raise ConfigError(f"algorithm={cfg.algorithm.name} is invalid here: rlft speed times the update of a sampling-based "
                           "algorithm (ppo, grpo, ddpo_sf, rwr, nft, awm) beside SEIKO's fine-tuning step, which it "
                           "measures with any of them: run it with algorithm=ppo (the default)")
     L.seed_everything(cfg.seed)
@@ -158,7 +158,7 @@ def bench(cfg: DictConfig) -> dict:
     embeds = policy.encode_prompts(prompts)
     timesteps = policy.sampler.timesteps.to(device)
     x = policy.initial_latents(len(prompts))
-    repeats = cfg.bench.repeats
+    repeats = cfg.speed.repeats
     out = {"device": device, "machine": machine(), "samples": len(prompts), "num_steps": len(timesteps),
            "trainable_parameters": sum(p.numel() for p in policy.trainable_parameters())}
 
@@ -217,9 +217,9 @@ def bench(cfg: DictConfig) -> dict:
         out[f"{name}_ratio"] = out[f"{name}_s"] / out[f"{name}_bare_s"]
         out[f"{name}_ms_per_unet_eval"] = 1000 * out[f"{name}_s"] / out[f"{name}_unet_evals"]
     phases = {"sample": (sampling, bare_sampling), "ppo_train": (ppo_training, bare_ppo_steps)}
-    if cfg.bench.trials:
+    if cfg.speed.trials:
         out["trials"] = trials(policy, phases, repeats)
-    if cfg.bench.compile:  # last: compiling is not undone
+    if cfg.speed.compile:  # last: compiling is not undone
         out |= compiled_figures(cfg, policy, phases, {name: out[f"{name}_unet_evals"] for name in phases})
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
@@ -236,12 +236,12 @@ def compiled_figures(cfg: DictConfig, policy, phases: dict, phase_work: dict) ->
     eager loop: where compiling pays back within the run, this is below 1."""
     options = cfg.policy.compile
     policy.compile_denoiser(OmegaConf.to_container(options) if isinstance(options, DictConfig) else {})
-    per_run = cfg.algorithm.epochs * cfg.data.samples_per_epoch / cfg.bench.samples  # sampling calls a run makes
+    per_run = cfg.algorithm.epochs * cfg.data.samples_per_epoch / cfg.speed.samples  # sampling calls a run makes
     calls = {"sample": per_run, "ppo_train": per_run}  # an epoch's update trains its own share of the steps
     out, saved, work = {}, 0.0, 0.0
     for name, (fn, bare) in phases.items():
         first = _seconds(fn)
-        compiled, eager = timed_pair(fn, bare, cfg.bench.repeats)
+        compiled, eager = timed_pair(fn, bare, cfg.speed.repeats)
         out[f"{name}_compiled_s"], out[f"{name}_compiled_ratio"] = compiled, compiled / eager
         out[f"{name}_compile_s"] = max(0.0, first - compiled)
         out[f"{name}_compiled_run_ratio"] = (calls[name] * compiled + out[f"{name}_compile_s"]) / (calls[name] * eager)
@@ -257,7 +257,7 @@ def compiled_figures(cfg: DictConfig, policy, phases: dict, phase_work: dict) ->
 # -- speed for memory: each setting in a fresh process, so that its peak is its own ------
 def memory_settings(cfg: DictConfig) -> list[dict]:
     mb = cfg.algorithm.train_batch_size
-    micro = sorted({m for m in (cfg.bench.samples, mb, max(1, mb // 2), max(1, mb // 4)) if cfg.bench.samples % m == 0}, reverse=True)
+    micro = sorted({m for m in (cfg.speed.samples, mb, max(1, mb // 2), max(1, mb // 4)) if cfg.speed.samples % m == 0}, reverse=True)
     return ([{"workload": "ppo", "micro_batch": m, "unet_checkpointing": False} for m in micro]
             + [{"workload": "ppo", "micro_batch": mb, "unet_checkpointing": True}]
             + [{"workload": "seiko", "micro_batch": mb, "chain_checkpointing": c} for c in (True, False)])
@@ -295,7 +295,7 @@ def measure_setting(cfg_container: dict, setting: dict) -> dict:
     else:
         Path("/proc/self/clear_refs").write_text("5")
         before = _rss_mb("VmRSS")
-    seconds = timed(run, cfg.bench.repeats)
+    seconds = timed(run, cfg.speed.repeats)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
     return {**setting, "seconds": seconds, "per_unit_ms": 1000 * seconds / work, "peak_above_mb": peak - before}
 
@@ -353,7 +353,7 @@ def trials(policy, phases: dict, repeats: int) -> dict:
 
 
 def workloads(r: dict) -> tuple[tuple[str, str, str], ...]:
-    """(label, key in bench.json, throughput) of each measured workload: the rows of both tables."""
+    """(label, key in speed.json, throughput) of each measured workload: the rows of both tables."""
     return (("sampling", "sample", f"{r['sample_images_per_s']:.1f} images/s"),
             ("PPO training", "ppo_train", f"{r['ppo_timesteps_per_s']:.0f} trained timesteps/s"),
             ("SEIKO step", "seiko_step", f"{r['truncation_steps']} steps with gradient"))
@@ -388,7 +388,7 @@ def table(r: dict) -> str:
 
 
 def markdown(r: dict) -> str:
-    """The manual's Performance table (docs/performance.md), from bench.json's figures (`bench.md` beside it)."""
+    """The manual's Performance table (docs/performance.md), from speed.json's figures (`speed.md` beside it)."""
     compiled = "sample_compiled_ratio" in r
     head = "| | throughput | rlft | bare UNet | ratio | UNet evals | ms per eval |"
     lines = [f"On {r['machine']}, {r['samples']} images, {r['num_steps']} steps, medians of the repeats:", "",
@@ -405,7 +405,7 @@ def markdown(r: dict) -> str:
 
 
 def write_size_check(workdir: str) -> None:
-    """`bench.size_check=DIR`: SD1.5-size checkpoints and peak memory (rlft.tools.size_check)."""
+    """`speed.size_check=DIR`: SD1.5-size checkpoints and peak memory (rlft.tools.size_check)."""
     rows = size_check(workdir)
     print(size_table(rows))
     path = Path(HydraConfig.get().runtime.output_dir) / "size_check.json"
@@ -413,19 +413,19 @@ def write_size_check(workdir: str) -> None:
     print(f"wrote {path}")
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="speed", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    if cfg.bench.size_check:
-        return write_size_check(cfg.bench.size_check)
-    result = bench(cfg)
-    if cfg.bench.memory:
+    if cfg.speed.size_check:
+        return write_size_check(cfg.speed.size_check)
+    result = measure(cfg)
+    if cfg.speed.memory:
         result["memory_trade"] = memory_trade(cfg)
     print(table(result))
-    path = Path(HydraConfig.get().runtime.output_dir) / "bench.json"
+    path = Path(HydraConfig.get().runtime.output_dir) / "speed.json"
     path.write_text(json.dumps(result, indent=2))
-    path.with_name("bench.md").write_text(markdown(result))
-    print(f"wrote {path} and bench.md (the table of docs/performance.md)")
+    path.with_name("speed.md").write_text(markdown(result))
+    print(f"wrote {path} and speed.md (the table of docs/performance.md)")
 
 
 check_config_dir()

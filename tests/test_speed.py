@@ -1,4 +1,4 @@
-"""rlft bench runs on a tiny model and reports every ratio."""
+"""rlft speed runs on a tiny model and reports every ratio."""
 
 import json
 
@@ -6,17 +6,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rlft.tools.bench import native_bfloat16
+from rlft.tools.speed import native_bfloat16
 from tests.test_end_to_end import run_rlft
 
 
 @pytest.mark.slow  # ~75 s: run by .ci/run after the default suite
 def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
-    run = tmp_path / "bench"
-    out = run_rlft("bench", f"model.pretrained={tiny_model_dir}", "bench.repeats=1", "bench.samples=4", "policy.num_steps=2",
-                   "algorithm.train_batch_size=2", "algorithm.timestep_fraction=1.0", "bench.trials=true", "policy.compile={backend:eager}", f"hydra.run.dir={run}",
+    run = tmp_path / "speed"
+    out = run_rlft("speed", f"model.pretrained={tiny_model_dir}", "speed.repeats=1", "speed.samples=4", "policy.num_steps=2",
+                   "algorithm.train_batch_size=2", "algorithm.timestep_fraction=1.0", "speed.trials=true", "policy.compile={backend:eager}", f"hydra.run.dir={run}",
                    cwd=tmp_path).stdout
-    result = json.loads((run / "bench.json").read_text())
+    result = json.loads((run / "speed.json").read_text())
     assert result["machine"] and f"on {result['machine']}" in out  # which CPU (or GPU) the timings came from
     for name in ("sample", "ppo_train", "seiko_step"):
         assert result[f"{name}_ratio"] > 0 and result[f"{name}_bare_s"] > 0
@@ -36,7 +36,7 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
         assert result[f"{name}_compiled_ratio"] > 0 and result[f"{name}_compile_s"] >= 0
         per_call = result[f"{name}_compiled_s"] / result[f"{name}_compiled_ratio"]  # the eager loop's time
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml").algorithm
-        calls = cfg.epochs * 64 / 4  # epochs x samples / bench.samples: an update per epoch's samples
+        calls = cfg.epochs * 64 / 4  # epochs x samples / speed.samples: an update per epoch's samples
         assert result[f"{name}_compiled_run_ratio"] == pytest.approx(
             (calls * result[f"{name}_compiled_s"] + result[f"{name}_compile_s"]) / (calls * per_call))
     assert "policy.compile" in out
@@ -48,8 +48,8 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     compile_s = sum(result[f"{n}_compile_s"] for n in calls)
     expected = compile_s * work / saved if saved > 0 else float("inf")
     assert result["compile_break_even_unet_evals"] == pytest.approx(expected) and "pays back above" in out
-    # bench.md: docs/performance.md's table, one row per workload with its measured figures.
-    rows = {line.split("|")[1].strip(): line for line in (run / "bench.md").read_text().splitlines() if line.startswith("| ")}
+    # speed.md: docs/performance.md's table, one row per workload with its measured figures.
+    rows = {line.split("|")[1].strip(): line for line in (run / "speed.md").read_text().splitlines() if line.startswith("| ")}
     for label, key in (("sampling", "sample"), ("PPO training", "ppo_train"), ("SEIKO step", "seiko_step")):
         assert f"| {result[f'{key}_ratio']:.2f} | {result[f'{key}_unet_evals']} |" in rows[label]
     for label, key in (("sampling", "sample"), ("PPO training", "ppo_train")):
