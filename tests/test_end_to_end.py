@@ -240,8 +240,13 @@ def test_tensorboard_opens_on_the_reward(tiny_model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    run_dir = tmp_path / "run"
-    run_rlft(f"model.pretrained={tiny_model_dir}", *TINY_RUN, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    run_dir = tmp_path / "day" / "12-00-00"
+    out = run_rlft(f"model.pretrained={tiny_model_dir}", *TINY_RUN, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    # The start line's command names the run by its directory (pointed at the run itself, TensorBoard names it ".").
+    command = re.search(r"\(tensorboard --logdir (\S+):", out.stdout + out.stderr).group(1)
+    assert list(EventMultiplexer().AddRunsFromDirectory(command).Runs()) == ["12-00-00"]
     layouts = []
     for events in run_dir.glob("events.out.tfevents.*"):
         for event in EventFileLoader(str(events)).Load():

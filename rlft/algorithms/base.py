@@ -10,6 +10,7 @@ from typing import Callable
 import lightning as L
 from omegaconf import DictConfig
 
+from rlft.run.progress import run_progress_bar
 from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
 from rlft.algorithms.health import NonFiniteGuard
 from rlft.checks import check
@@ -92,8 +93,12 @@ class RLModule(L.LightningModule):
         return self.optimizer_factory(self.policy.trainable_parameters())
 
     @property
-    def showing_progress(self) -> bool:
-        return self.progress and (self._trainer is None or self.trainer.is_global_zero)
+    def showing_progress(self):
+        """What the phases' bars go to (`rlft.run.progress.phase_bar`): the run's PhaseProgressBar
+        on the main process, else whether to show tqdm bars (off on the other ranks)."""
+        if not self.progress or (self._trainer is not None and not self.trainer.is_global_zero):
+            return False
+        return (self._trainer is not None and run_progress_bar(self.trainer)) or True
 
     # -- outside a Trainer: `rlft speed` times the real update on a module with no trainer ----
     def standalone(self, optimizer) -> "RLModule":
@@ -131,6 +136,14 @@ class RLModule(L.LightningModule):
                   ("reward model", "train/reward_model", "{:.4f}"),
                   ("approx_kl", "train/approx_kl", "{:.2e}"), ("clipfrac", "train/clipfrac", "{:.3f}"), ("kl", "train/kl", "{:.2e}"),
                   ("queries", "oracle/queries", "{:.0f}"))
+
+    # The progress bar's metrics beside the epoch (name on the bar, metric), when the epoch logged them.
+    PROGRESS_BAR = (("reward", "reward/mean"), ("eval", "eval/oracle_reward"),
+                    ("approx_kl", "train/approx_kl"), ("clipfrac", "train/clipfrac"), ("kl", "train/kl"))
+
+    def show_on_progress_bar(self, metrics: dict) -> None:
+        self.log_dict({name: float(metrics[key]) for name, key in self.PROGRESS_BAR if key in metrics},
+                      prog_bar=True, logger=False)
 
     def epoch_line(self, metrics: dict, seconds: float) -> str:
         """One line per epoch for the console and the run's log (cli.log): what a cluster job's log

@@ -19,8 +19,8 @@ from typing import Callable, Iterator
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
+from rlft.run.progress import phase_bar
 from rlft.algorithms.advantages import PerPromptStatTracker, batch_normalized, group_normalized
 from rlft.algorithms.base import RLModule
 from rlft.algorithms.evaluation import HeldOutEvaluation, mean_of_finite
@@ -194,7 +194,7 @@ class OnlineRL(RLModule):
         images, answers = query_fresh_samples(
             self.policy, self.trainer.datamodule.train_prompts, n, self.learned.oracle, self.answers, self.trainer,
             self.seed, "proxy_query", self.current_epoch, f"oracle/epoch={self.current_epoch:05d}",
-            self.sample_batch_size, progress=self.progress and self.trainer.is_global_zero,
+            self.sample_batch_size, progress=self.showing_progress,
         )
         self.oracle_queries += n
         bad = int((~torch.isfinite(answers)).sum())
@@ -265,7 +265,7 @@ class OnlineRL(RLModule):
             log.info(self.epoch_line(metrics, time.perf_counter() - t0))
         if self.first_reward_mean is None:
             self.first_reward_mean = float(finite.mean())
-        self.log("reward", float(finite.mean()), prog_bar=True, logger=False)
+        self.show_on_progress_bar(metrics)
         self.log_samples(trajectories.images, trajectories.prompts, self.scorer.combine(local_parts), self.current_epoch)
 
     def check_rewards(self, prompts: list[str], parts: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
@@ -333,7 +333,7 @@ class OnlineRL(RLModule):
         traj, results = sample_and_score(
             self.policy, prompts, self.sample_batch_size, noise,
             lambda part, chunk: self.score(part, indices[chunk.start : chunk.stop]), overlap=self.async_reward,
-            progress=self.progress and self.trainer.is_global_zero, before_chunk=lambda: stop_if_requested(self.trainer),
+            progress=self.showing_progress, before_chunk=lambda: stop_if_requested(self.trainer),
         )
         return traj, torch.cat([r for r, _ in results]), sum(seconds for _, seconds in results)
 
@@ -419,10 +419,7 @@ class OnlineRL(RLModule):
         show = self.showing_progress
         passes = 0
         self.epoch_steps = self.epoch_skipped_steps = 0
-        bar = tqdm(
-            total=self.num_inner_epochs * math.ceil(batch / self.train_batch_size) * train_steps,
-            desc="training", leave=False, disable=None if show else True,
-        )
+        bar = phase_bar(show, "training", self.num_inner_epochs * math.ceil(batch / self.train_batch_size) * train_steps)
         for micro_batch in self.training_passes(traj, advantages, train_steps):
             loss, step_stats = self.loss(micro_batch)
             passes += 1

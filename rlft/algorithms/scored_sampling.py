@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
 from rlft.diffusion.policy import DiffusionPolicy
+from rlft.run.progress import phase_bar
 from rlft.types import Trajectories
 
 T = TypeVar("T")
@@ -27,15 +27,16 @@ def sample_and_score(
     generators: list[torch.Generator],
     score: Callable[[Trajectories, range], T],
     overlap: bool = True,
-    progress: bool = False,
+    progress=False,
     desc: str = "sampling",
     before_chunk: Callable[[], None] | None = None,
 ) -> tuple[Trajectories, list[T]]:
     """Sample `prompts` (one generator each) in chunks of `batch_size`; each chunk is decoded
     and then scored, `score(chunk's trajectories, chunk's positions in prompts)`, in the worker
     while the next chunk samples (`overlap=False`: before it). `before_chunk` runs before each
-    chunk samples (a graceful stop's check). -> (all trajectories with images, the score of
-    each chunk in order)"""
+    chunk samples (a graceful stop's check). `progress`: see `rlft.run.progress.phase_bar`; the bar
+    counts denoising steps, then, named `rewards`, the chunks whose scores are still awaited.
+    -> (all trajectories with images, the score of each chunk in order)"""
     parts, futures = [], []
 
     @torch.no_grad()  # grad mode is per thread: the worker's must be set too
@@ -44,14 +45,24 @@ def sample_and_score(
         return score(part, chunk)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-score") as worker:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None if progress else True):
+        starts = range(0, len(prompts), batch_size)
+        bar = phase_bar(progress, desc, len(starts) * policy.num_steps)  # denoising steps
+        for start in starts:
             if before_chunk is not None:
                 before_chunk()
             chunk = range(start, min(start + batch_size, len(prompts)))
-            part = policy.sample(prompts[chunk.start : chunk.stop], generator=generators[chunk.start : chunk.stop], decode=False)
+            part = policy.sample(prompts[chunk.start : chunk.stop], generator=generators[chunk.start : chunk.stop], decode=False,
+                                 progress=bar)
             parts.append(part)
             futures.append(worker.submit(decode_and_score, part, chunk))
             if not overlap:
                 futures[-1].result()
-        scores = [future.result() for future in futures]  # re-raises a worker's exception here
+        # The last chunk's decode and reward (and any still queued) run after sampling ends.
+        bar.close()
+        bar = phase_bar(progress, "rewards" if desc == "sampling" else f"{desc}: rewards", len(futures))
+        scores = []
+        for future in futures:
+            scores.append(future.result())  # re-raises a worker's exception here
+            bar.update()
+        bar.close()
     return Trajectories.cat(parts), scores

@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
+from rlft.run.progress import phase_bar
 from rlft.algorithms.base import RLModule
 from rlft.algorithms.evaluation import HeldOutEvaluation
 from rlft.algorithms.health import NonFiniteError, NonFiniteGuard, finite_mean
@@ -211,8 +211,9 @@ class SEIKO(RLModule):
         rank, world = rank_and_world(self.trainer)
         steps = skipped = 0
         # A step's global batch is `world` x train_batch_size prompts, each rank its part.
-        for start in tqdm(range(0, len(prompts), size * world), desc="fine-tuning", leave=False,
-                          disable=None if show else True):
+        starts = range(0, len(prompts), size * world)
+        bar = phase_bar(show, "fine-tuning", len(starts))
+        for start in starts:
             stop_if_requested(self.trainer)
             step_prompts = range(start, min(start + size * world, len(prompts)))
             part = shard(len(step_prompts), rank, world)
@@ -236,6 +237,8 @@ class SEIKO(RLModule):
             for k, v in (("reward_model", reward_model.mean()), ("kl", kl.mean()), ("loss", loss),
                          ("grad_norm", grad_norm), ("disagreement", self.ensemble.uncertainty(features.detach()).mean())):
                 stats[k].append(v.detach())
+            bar.update()
+        bar.close()
         nonfinite = int((~torch.isfinite(torch.stack(stats["loss"]))).sum())
         self.health.count("nonfinite_losses", sum_over_ranks(nonfinite, world))
         problems = list(self.round_problems)
@@ -262,6 +265,7 @@ class SEIKO(RLModule):
             self.logger.log_metrics(metrics, step=self.current_epoch + 1)
         if self.trainer.is_global_zero:
             log.info(self.epoch_line(metrics, time.perf_counter() - t0))
+        self.show_on_progress_bar(metrics)
         self.log("eval/oracle_reward", eval_reward, prog_bar=True, logger=False)
         self.log("work/unet_evals", metrics["work/unet_evals"], logger=False)  # for train()'s closing summary
         if self.first_reward_mean is None:

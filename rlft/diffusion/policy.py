@@ -260,9 +260,11 @@ class DiffusionPolicy(nn.Module):
         return randn_tensor(self.latent_shape(batch), generator=generator, device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], generator: Generator = None, progress: bool = False, decode: bool = True) -> Trajectories:
+    def sample(self, prompts: list[str], generator: Generator = None, progress=False, decode: bool = True) -> Trajectories:
         """`generator`: None (the global RNG), one generator, or one per prompt
         (`rlft.diffusion.noise.sample_generators`: each sample's noise its own).
+        `progress`: True shows a tqdm bar of the steps on a terminal; a bar (anything with
+        `update()`, `rlft.run.progress`) is advanced once per step.
         `decode=False`: `images` is None, for the caller to decode elsewhere
         (`rlft.algorithms.scored_sampling`: behind the next chunk's sampling)."""
         embeds = self.encode_prompts(prompts)
@@ -273,7 +275,9 @@ class DiffusionPolicy(nn.Module):
         # A deterministic sampler records every step (DiffusionNFT trains on their timesteps), with
         # no log-probability (NaN); otherwise the stochastic steps are recorded.
         record_all = self.sampler.deterministic
-        for i, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, disable=None if progress else True)):
+        steps = progress if hasattr(progress, "update") else tqdm(total=len(timesteps), desc="denoising", leave=False,
+                                                                   disable=None if progress else True)
+        for i, t in enumerate(timesteps):
             prediction = self.predict(x, t, embeds)
             stochastic = self.sampler.is_stochastic(i)
             if stochastic:
@@ -291,6 +295,9 @@ class DiffusionPolicy(nn.Module):
                 if self.record_means:
                     means.append(mean)
             x = x_next
+            steps.update()
+        if steps is not progress:
+            steps.close()
         return Trajectories(
             prompts=list(prompts),
             prompt_embeds=embeds,

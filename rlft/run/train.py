@@ -99,6 +99,13 @@ def resume_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
     return ckpt_path
 
 
+def tensorboard_hint(log_dir: str) -> str:
+    """The run's start line: TensorBoard pointed at the folder above the run, where the run is named
+    by its own directory (pointed at the run itself, TensorBoard names it `.`)."""
+    run = Path(log_dir).resolve()
+    return f"run directory: {log_dir}  (tensorboard --logdir {run.parent}: this run is {run.name!r} there)"
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     module, data, trainer = build(cfg)
@@ -106,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(hparams)  # visible (and in hparams.yaml) while it runs
         if trainer.is_global_zero:
-            log.info(f"run directory: {trainer.logger.log_dir}  (tensorboard --logdir {trainer.logger.log_dir})")
+            log.info(tensorboard_hint(trainer.logger.log_dir))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.ckpt_path, trainer))
     except SIGTERMException:
