@@ -23,6 +23,16 @@ def check(ok: bool, setting: str, value, valid: str) -> None:
         raise ConfigError(f"{setting}={value!r} is invalid: {valid}")
 
 
+def set_by_user(key: str) -> bool:
+    """Whether the command line set `key` (Hydra's task overrides), so that an error about two
+    settings that do not fit names the one the user chose; False outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").split("=")[0] == key for o in HydraConfig.get().overrides.task)
+
+
 def wrong_setting(error: BaseException | None) -> Exception | None:
     """The `ConfigError` or `MissingWeights` that `error` is or wraps (Hydra's InstantiationException
     wraps a constructor's; OmegaConf's InterpolationResolutionError a resolver's), else None."""

@@ -48,3 +48,19 @@ def test_a_resumed_runs_directory_is_kept_when_a_setting_is_wrong(tmp_path):
     result = rlft("algorithm.clip_range=-0.1", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 2 and (run / "checkpoints" / "last.ckpt").exists()
     assert f"(run directory: {run})" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_sharding_error_names_the_setting_the_user_set_and_values_that_work(tmp_path):
+    """data.samples_per_epoch=12 under GRPO (micro-batches of 8 by its config): the user set the samples,
+    so the samples are named, with the config's micro-batch said to be not set, and values of each that fit."""
+    run = f"hydra.run.dir={tmp_path / 'outputs' / 'run'}"
+    result = rlft("data.samples_per_epoch=12", "algorithm=grpo", run, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "rlft: data.samples_per_epoch=12 is invalid: must be a multiple of algorithm.train_batch_size=8 (not set: this "
+        "config's value), so that each process's shard is whole micro-batches: set data.samples_per_epoch=8 or 16, "
+        "or algorithm.train_batch_size=3 or 4 or 6 or 12")
+    # The micro-batch set on the command line is the one named.
+    result = rlft("algorithm.train_batch_size=5", run, cwd=tmp_path)
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "rlft: algorithm.train_batch_size=5 is invalid: must divide data.samples_per_epoch=64: set algorithm.train_batch_size=")

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import ParallelStrategy
 from omegaconf import ListConfig
 
-from rlft.checks import check
+from rlft.checks import check, set_by_user
 
 
 def rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
@@ -82,20 +82,55 @@ def world_size(trainer_cfg) -> int | None:
 def check_sharding(world: int, samples_per_epoch: int, train_batch_size: int | None = None,
                    gradient_accumulation_steps: int = 1) -> None:
     """Under DDP every backward pass is a collective, so every rank must run as many: each
-    gets an equal shard of the epoch's samples, cut into whole micro-batches (PPO)."""
-    check(samples_per_epoch % world == 0, "data.samples_per_epoch", samples_per_epoch,
-           f"must be a multiple of the {world} processes (trainer.devices x trainer.num_nodes), "
-           f"so that every rank gets an equal shard")
-    if train_batch_size is None:
+    gets an equal shard of the epoch's samples, cut into whole micro-batches (PPO), grouped
+    into whole optimiser steps. When two settings do not fit, the error names the one the
+    command line set (the other is the config's), and values of each that work."""
+    processes = "" if world == 1 else f" x {world} processes (trainer.devices x trainer.num_nodes)"
+    unit = world * (train_batch_size or 1) * (gradient_accumulation_steps if train_batch_size else 1)
+    epoch = f"data.samples_per_epoch={samples_per_epoch}"
+    if samples_per_epoch % world == 0 and train_batch_size is None:
         return
+    if samples_per_epoch % world:
+        check(False, "data.samples_per_epoch", samples_per_epoch,
+              f"must be a multiple of the {world} processes (trainer.devices x trainer.num_nodes), "
+              f"so that every rank gets an equal shard: {nearby_multiples(samples_per_epoch, world)}")
     per_rank = samples_per_epoch // world
-    if world == 1:
-        share, per = f"data.samples_per_epoch={samples_per_epoch}", "data.samples_per_epoch / algorithm.train_batch_size"
-    else:
-        share = f"the {per_rank} samples each of the {world} processes gets (data.samples_per_epoch={samples_per_epoch} / {world}); it is per device"
-        per = f"on each process: data.samples_per_epoch / {world} / algorithm.train_batch_size"
-    check(per_rank % train_batch_size == 0, "algorithm.train_batch_size", train_batch_size, f"must divide {share}")
+    if per_rank % train_batch_size:
+        if world == 1:
+            share = epoch
+        else:
+            share = f"the {per_rank} samples each of the {world} processes gets ({epoch} / {world}); it is per device"
+        sizes = f"algorithm.train_batch_size={divisors_near(per_rank, train_batch_size)}"
+        epochs = nearby_multiples(samples_per_epoch, world * train_batch_size)
+        if set_by_user("data.samples_per_epoch") and not set_by_user("algorithm.train_batch_size"):
+            check(False, "data.samples_per_epoch", samples_per_epoch,
+                  f"must be a multiple of algorithm.train_batch_size={train_batch_size} (not set: this config's "
+                  f"value){processes}, so that each process's shard is whole micro-batches: set {epochs}, or {sizes}")
+        check(False, "algorithm.train_batch_size", train_batch_size, f"must divide {share}: set {sizes}, or {epochs}")
     micro_batches = per_rank // train_batch_size
-    check(gradient_accumulation_steps >= 1 and micro_batches % gradient_accumulation_steps == 0,
-           "algorithm.gradient_accumulation_steps", gradient_accumulation_steps,
-           f"must be >= 1 and divide the {micro_batches} micro-batches of an epoch ({per})")
+    if gradient_accumulation_steps < 1 or micro_batches % gradient_accumulation_steps:
+        per = ("data.samples_per_epoch / algorithm.train_batch_size" if world == 1
+               else f"on each process: data.samples_per_epoch / {world} / algorithm.train_batch_size")
+        steps = f"algorithm.gradient_accumulation_steps={divisors_near(micro_batches, gradient_accumulation_steps)}"
+        if gradient_accumulation_steps < 1:
+            check(False, "algorithm.gradient_accumulation_steps", gradient_accumulation_steps, f"must be >= 1: set {steps}")
+        epochs = nearby_multiples(samples_per_epoch, unit)
+        if set_by_user("data.samples_per_epoch") and not set_by_user("algorithm.gradient_accumulation_steps"):
+            check(False, "data.samples_per_epoch", samples_per_epoch,
+                  f"must be a multiple of algorithm.train_batch_size={train_batch_size} x "
+                  f"algorithm.gradient_accumulation_steps={gradient_accumulation_steps} (this config's values)"
+                  f"{processes}, so that an epoch is whole optimiser steps: set {epochs}, or {steps}")
+        check(False, "algorithm.gradient_accumulation_steps", gradient_accumulation_steps,
+              f"must be >= 1 and divide the {micro_batches} micro-batches of an epoch ({per}): set {steps}, or {epochs}")
+
+
+def divisors_near(n: int, value: int, count: int = 4) -> str:
+    """The `count` divisors of `n` nearest `value`, in order ("2 or 4 or 8 or 16")."""
+    nearest = sorted(sorted((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - value))[:count])
+    return " or ".join(map(str, nearest))
+
+
+def nearby_multiples(value: int, unit: int, key: str = "data.samples_per_epoch") -> str:
+    """`key=` the multiples of `unit` on either side of `value` (e.g. "data.samples_per_epoch=8 or 16")."""
+    below, above = value // unit * unit, (value // unit + 1) * unit
+    return f"{key}={' or '.join(str(v) for v in (below, above) if v > 0)}"
