@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlft.assets import CONFIG_DIR
 from rlft.checks import constructor_node
 from rlft.run.preemption import last_checkpoint
-from rlft.run.validation import ConfigError, validate
+from rlft.run.validation import ConfigError, check_weights, validate
 from rlft.run.work import choose_compile
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def pair_settings(cfg: DictConfig) -> str | None:
 def build(cfg: DictConfig):
     """The module, datamodule and trainer a config describes (nothing is run)."""
     validate(cfg)
+    check_weights(cfg)  # before anything loads: a missing hub id fails in seconds
     if said := pair_settings(cfg):
         log.info(said)
     L.seed_everything(cfg.seed, workers=True)
