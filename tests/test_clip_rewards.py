@@ -72,3 +72,62 @@ def test_runs_on_pickscore_through_the_cli(clip_dir, tmp_path, algorithm):
              f"hydra.run.dir={run}", cwd=tmp_path)
     scalars = read_scalars(run)
     assert scalars["reward/mean"] and all(math.isfinite(v) for _, v in scalars["reward/mean"] + scalars["eval/oracle_reward"])
+
+
+def test_tensor_preprocessing_is_torchvisions_transforms_written_out():
+    """DiffusionNFT's scorers: CLIP's Resize + CenterCrop (offsets rounded), HPSv2's ResizeMaxSize (padded)."""
+    import torch.nn.functional as F
+
+    from rlft.rewards.aesthetic import tensor_preprocess
+
+    images = torch.rand(2, 3, 64, 70, generator=torch.Generator().manual_seed(2))
+    # Resize(32): 64 x 70 -> 32 x int(32 * 70 / 64) = 32 x 35; CenterCrop(32): left int(round(1.5)) = 2.
+    resized = F.interpolate(images, size=(32, 35), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.equal(tensor_preprocess(images, 32, "bilinear", "crop"), resized[..., 2:34])
+    assert not torch.equal(resized[..., 2:34], resized[..., 1:33])  # the offset matters
+    tall = images.transpose(-1, -2)  # 70 x 64 -> 35 x 32, top 2
+    resized = F.interpolate(tall, size=(35, 32), mode="bicubic", align_corners=False, antialias=True)
+    assert torch.equal(tensor_preprocess(tall, 32, "bicubic", "crop"), resized[..., 2:34, :])
+    # ResizeMaxSize(32): 48 x 64 -> round(48 / 2) x 32 = 24 x 32, then 4 rows of zeros above and 4 below.
+    wide = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    padded = tensor_preprocess(wide, 32, "bicubic", "pad")
+    resized = F.interpolate(wide, size=(24, 32), mode="bicubic", align_corners=False, antialias=True)
+    assert padded.shape == (1, 3, 32, 32) and torch.equal(padded[..., 4:28, :], resized)
+    assert padded[..., :4, :].abs().sum() == 0 and padded[..., 28:, :].abs().sum() == 0
+    square = torch.rand(1, 3, 32, 32)
+    assert torch.equal(tensor_preprocess(square, 32, "bilinear", "crop"), square)
+    assert torch.equal(tensor_preprocess(square, 32, "bicubic", "pad"), square)
+
+
+def test_the_tensor_path_scores_the_float_images_without_rounding(clip_dir):
+    import torch.nn.functional as F
+
+    images, prompts = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(4)), ["a cat", "a dog"]
+    reward = ClipSimilarity(str(clip_dir), max_length=16, preprocess="tensor", resize="bilinear")
+    model, processor = CLIPModel.from_pretrained(clip_dir), CLIPProcessor.from_pretrained(clip_dir)
+    size = processor.image_processor.crop_size["height"]
+    new_w = int(size * 24 / 20)
+    resized = F.interpolate(images, size=(size, new_w), mode="bilinear", align_corners=False, antialias=True)
+    left = int(round((new_w - size) / 2.0))
+    mean = torch.tensor(processor.image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_processor.image_std).view(1, 3, 1, 1)
+    pixels = (resized[..., left : left + size] - mean) / std
+    text = processor(text=prompts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, **text).logits_per_image.diagonal()
+        ours = reward(images, prompts)
+        rounded = ClipSimilarity(str(clip_dir), max_length=16, preprocess="tensor", resize="bilinear")(
+            (images * 255).round() / 255, prompts)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours, rounded)  # no 8-bit rounding on this path
+
+
+def test_the_image_path_settings_are_checked_at_composition(clip_dir):
+    from rlft.checks import ConfigError
+    from rlft.run.validation import validate
+
+    for override, message in (("reward.preprocess=pil", r"reward.preprocess='pil' is invalid: must be one of \['processor', 'tensor'\]"),
+                              ("reward.resize=bilinear", r"reward.resize='bilinear', reward.fit='crop' are invalid with reward.preprocess=processor")):
+        cfg = compose_cfg(["reward=clipscore", f"reward.model_path={clip_dir}", override])
+        with pytest.raises(ConfigError, match=message):
+            validate(cfg)

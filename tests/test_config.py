@@ -254,6 +254,16 @@ def test_the_papers_settings_compose_and_validate_with_prompt_files(experiment, 
         assert (a["kl_form"], a["global_std"], a["kl_weight"]) == ("without_dt", True, 0.01 if "pickscore" in experiment else 0.04)
     assert resolved["model"]["name"] == "sd35_medium" and resolved["policy"]["lora_rank"] == 32
     assert resolved["data"]["samples_per_epoch"] == 1152 and resolved["algorithm"]["group_size"] == 24
+    # As the public scripts encode, decode and evaluate: T5's 128 tokens, a float32 VAE, 512 px, the eval cadence.
+    m = resolved["model"]
+    assert (m["max_sequence_length"], m["vae_dtype"], resolved["policy"]["latent_size"]) == (128, "float32", 64)
+    assert resolved["algorithm"]["eval_every_n_epochs"] == (10 if experiment.startswith("diffusionnft") else 60)
+    if experiment.startswith("diffusionnft"):  # its scorers' image paths: PickScore 8-bit PIL, the others float tensors
+        paths = {n: (r["preprocess"], r["resize"], r["fit"]) for n, r in resolved["reward"]["rewards"].items()}
+        assert paths == {"pickscore": ("processor", "bicubic", "crop"), "clipscore": ("tensor", "bilinear", "crop"),
+                         "hpsv2": ("tensor", "bicubic", "pad")}
+    else:
+        assert resolved["reward"].get("preprocess", "processor") == "processor"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

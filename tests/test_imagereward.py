@@ -121,20 +121,24 @@ def test_unknown_keys_and_misfits_are_refused(tmp_path, converted):
         ImageReward(str(config))
 
 
-def test_the_score_is_imagerewards(converted):
+# (40, 56): resized to 32 x 44, offset 6 either way; (64, 70): resized to 32 x 35, offset 1.5, which
+# torchvision's CenterCrop rounds to 2 and transformers' processor floors to 1 (448 x 454 at size 224).
+@pytest.mark.parametrize("size", [(40, 56), (64, 70)])
+def test_the_score_is_imagerewards(converted, size):
     out, state = converted
     assert json.loads((out / "imagereward.json").read_text()) == {"mean": IMAGEREWARD_MEAN, "std": IMAGEREWARD_STD,
                                                                   "max_length": 35}
-    images = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
     prompts = ["a photo of a red cat", "a dog on the table"]
     ours = ImageReward(str(out))(images, prompts)
 
-    # ImageReward's transform written out: resize the short side to 32 (bicubic), centre crop, CLIP's normalisation.
+    # ImageReward's transform written out: resize the short side to 32 (bicubic), centre crop with
+    # torchvision's rounded offset, CLIP's normalisation.
     pixels = []
     for image in to_pil(images):
         w, h = image.size
         image = image.resize((int(32 * w / h), 32), Image.BICUBIC)
-        left = (image.width - 32) // 2
+        left = int(round((image.width - 32) / 2.0))
         array = np.asarray(image.crop((left, 0, left + 32, 32)), dtype=np.float32) / 255
         pixels.append(torch.from_numpy((array - CLIP_MEAN) / CLIP_STD).permute(2, 0, 1))
     pixels = torch.stack(pixels).float()

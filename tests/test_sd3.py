@@ -42,6 +42,18 @@ def test_prompts_are_encoded_by_the_pipelines_own_encode_prompt(assets):
     assert ours.tokens.shape == (2, 16 + 8, 32) and ours.pooled.shape == (2, 32)  # CLIP tokens + T5 tokens
 
 
+def test_the_vae_may_decode_in_float32_beside_bfloat16_weights(assets):
+    """model.vae_dtype=float32, as flow_grpo and DiffusionNFT decode; the rest stays in model.dtype."""
+    components = load_sd3(str(assets["sd3"]), dtype="bfloat16", max_sequence_length=8, vae_dtype="float32")
+    model = components["model"]
+    assert next(model.vae.parameters()).dtype == torch.float32
+    assert next(model.text_encoder.parameters()).dtype == torch.bfloat16
+    latents = torch.randn(1, model.vae.config.latent_channels, 8, 8, dtype=torch.bfloat16)
+    assert model.decode(latents).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"model.vae_dtype='float64' is invalid"):
+        load_sd3(str(assets["sd3"]), vae_dtype="float64")
+
+
 def test_t5_is_optional(assets):
     components = load_sd3(str(assets["sd3"]), dtype="float32", use_t5=False, max_sequence_length=8)
     assert components["model"].text_encoder_3 is None

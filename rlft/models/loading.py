@@ -28,6 +28,15 @@ FAMILY_CHOICES = {
 }
 
 
+def vae_torch_dtype(vae_dtype: str | None) -> torch.dtype | None:
+    """`model.vae_dtype`: null (the pipeline's dtype) or one of DTYPES."""
+    if vae_dtype is None:
+        return None
+    if vae_dtype not in DTYPES:
+        raise ValueError(f"model.vae_dtype={vae_dtype!r} is invalid: must be null (model.dtype) or one of {sorted(DTYPES)}")
+    return DTYPES[vae_dtype]
+
+
 def check_pipeline_class(path: Path, expected: str, choice: str) -> None:
     """A local pipeline directory's `model_index.json` names its pipeline class: a directory of
     another model family is refused before anything is loaded."""

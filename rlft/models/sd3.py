@@ -15,7 +15,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderMo
 
 from rlft.types import PromptEmbeds
 from rlft.models.base import DiffusionModel
-from rlft.models.loading import read_pipeline
+from rlft.models.loading import read_pipeline, vae_torch_dtype
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 T5_COMPONENTS = ("text_encoder_3", "tokenizer_3")
@@ -67,17 +67,20 @@ def load_sd3(
     use_t5: bool = True,
     max_sequence_length: int = 256,
     gradient_checkpointing: bool = False,
+    vae_dtype: str | None = None,
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the SD3 transformer), scheduler
     (flow matching, from the pipeline's config), model (`SD3Model`: CLIP-L + CLIP-G (+ T5), the
-    VAE), base (its fingerprint)."""
+    VAE), base (its fingerprint). `vae_dtype`: the VAE's own dtype (null: `dtype`; flow_grpo and
+    DiffusionNFT decode in float32)."""
+    vae_torch = vae_torch_dtype(vae_dtype)  # checked before anything loads
     needed = COMPONENTS + (T5_COMPONENTS if use_t5 else ())
     no_t5 = lambda missing: " (or model.use_t5=false: SD3 runs without T5)" if set(missing) <= set(T5_COMPONENTS) else ""
     with read_pipeline("Stable Diffusion 3", "StableDiffusion3Pipeline", "model=sd3 (or sd35_medium, sd35_large)", needed,
                        pretrained, revision, variant, dtype, hint=no_t5) as read:
         f = read.files
         transformer = f.weights(SD3Transformer2DModel, "transformer")
-        vae = f.frozen(AutoencoderKL, "vae")
+        vae = f.frozen(AutoencoderKL, "vae", dtype=vae_torch)
         encoders = {name: f.frozen(CLIPTextModelWithProjection, name) for name in ("text_encoder", "text_encoder_2")}
         tokenizers = {name: f.files(CLIPTokenizer, name) for name in ("tokenizer", "tokenizer_2")}
         if use_t5:

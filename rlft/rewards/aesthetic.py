@@ -64,21 +64,43 @@ class ClipImageFeatures(nn.Module):
     def dim(self) -> int:
         return self.clip.config.projection_dim
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor, resize: str = "bicubic", fit: str = "crop") -> torch.Tensor:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        # Shorter side to `size`, then the centre square, as CLIPImageProcessor does.
-        h, w = images.shape[-2:]
-        scale = self.size / min(h, w)
-        images = F.interpolate(images.float(), size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
-                               mode="bicubic", align_corners=False, antialias=True)
-        top, left = (images.shape[-2] - self.size) // 2, (images.shape[-1] - self.size) // 2
-        images = images[..., top : top + self.size, left : left + self.size]
-        pixels = ((images - self.mean) / self.std).to(self.clip.dtype)
+        pixels = ((tensor_preprocess(images.float(), self.size, resize, fit) - self.mean) / self.std).to(self.clip.dtype)
         embeddings = self.clip.get_image_features(pixel_values=pixels)
         if not isinstance(embeddings, torch.Tensor):  # a model output in some transformers versions
             embeddings = embeddings.pooler_output
         return F.normalize(embeddings.float(), dim=-1)
+
+
+RESIZE_FILTERS = ("bicubic", "bilinear")
+FITS = ("crop", "pad")
+
+
+def tensor_preprocess(images: torch.Tensor, size: int, resize: str = "bicubic", fit: str = "crop") -> torch.Tensor:
+    """Float images (B, C, H, W) -> (B, C, size, size), as torchvision transforms the tensors that
+    DiffusionNFT's scorers take (no 8-bit rounding; antialiased like torchvision's tensor resize):
+    - `fit=crop`: `Resize(size)` (shorter side to `size`, the longer `int(size * long / short)`), then
+      `CenterCrop(size)` (its offsets rounded, `int(round((H - size) / 2))`): CLIP's transform;
+    - `fit=pad`: HPSv2's `ResizeMaxSize(size)`: the longer side to `size` (each side `round(side *
+      scale)`), then zeros padded around it to a square (`pad // 2` before, the rest after)."""
+    h, w = images.shape[-2:]
+    if fit == "crop":
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(size * long / short)
+        new_h, new_w = (new_long, size) if w <= h else (size, new_long)
+        if (new_h, new_w) != (h, w):
+            images = F.interpolate(images, size=(new_h, new_w), mode=resize, align_corners=False, antialias=True)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        return images[..., top : top + size, left : left + size]
+    scale = size / float(max(h, w))
+    if scale == 1.0:
+        return images
+    new_h, new_w = round(h * scale), round(w * scale)
+    images = F.interpolate(images, size=(new_h, new_w), mode=resize, align_corners=False, antialias=True)
+    pad_h, pad_w = size - new_h, size - new_w
+    return F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
 
 
 class AestheticScore(nn.Module):

@@ -1,7 +1,7 @@
 """reward=imagereward: ImageReward-v1.0 (Xu et al. 2023) as its own `ImageReward.score` computes it,
 on transformers' BLIP classes (the `image-reward` package needs transformers 4.x internals):
 
-    image tokens = BLIP ViT-L(image)                      (resize 224 bicubic, centre crop, CLIP's mean/std)
+    image tokens = BLIP ViT-L(image)                      (resize 224 bicubic, centre crop as torchvision's, CLIP's mean/std)
     text state   = BLIP's BERT(prompt, cross-attending to the image tokens), at its first token
                    (the prompt padded and truncated to 35 tokens, [CLS] first)
     reward       = (MLP(text state) - 0.16717362830052426) / 1.0333394966054072
@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval
@@ -41,6 +42,21 @@ class ImageRewardHead(nn.Module):
         return self.layers(x)
 
 
+def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
+    """ImageReward's `Resize(size, BICUBIC)` and `CenterCrop(size)` (torchvision, on a PIL image):
+    the shorter side to `size`, the longer to `int(size * long / short)`, then the centre square with
+    its offsets rounded, `int(round((side - size) / 2))`. transformers' processor floors the offset,
+    so some sizes (448 x 454: 224 x 227 after the resize) would crop one pixel apart."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
 class ImageReward:
     """(images, prompts) -> ImageReward-v1.0's score (B,)."""
 
@@ -61,7 +77,10 @@ class ImageReward:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        pixels = self.processor(images=to_pil(images), return_tensors="pt")["pixel_values"].to(self.vision.dtype)
+        size = self.processor.crop_size["height"]
+        cropped = [resize_and_crop(image, size) for image in to_pil(images)]
+        pixels = self.processor(images=cropped, do_resize=False, do_center_crop=False,
+                                return_tensors="pt")["pixel_values"].to(self.vision.dtype)
         image_tokens = self.vision(pixel_values=pixels).last_hidden_state
         text = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
                               return_tensors="pt")
