@@ -66,6 +66,7 @@ def tool_groups(*, _root_) -> str:
 
 # `${asset:digits16}` -> the path of a model directory shipped inside the package.
 # `${len:${.queries_per_round}}`, `${mul:a,b}`: SEIKO's epochs from its round schedule.
+# `${min:4,${policy.num_steps}}`: the default run's SDE window, cut to a shorter chain.
 # `${job_name:${hydra:job.override_dirname},${algorithm.name}}`: see job_name.
 # `${prompt_set:imagenet_animals}`: a prompt list shipped in rlft/prompts/.
 # `${config_groups:except,pretrain}`: --help's list of groups (see format_config_groups).
@@ -73,7 +74,7 @@ def tool_groups(*, _root_) -> str:
 # `${required_prompts:model.prompts.train,+experiment=NAME,/path/to/train.txt}`: a preset's prompts that
 #   the user must give; composing without them fails naming the key (rlft.checks.required_prompts).
 # `${reward_configs:${.components},${.settings}}`: reward=multi's components, each an option of conf/reward/.
-for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("job_name", job_name),
+for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("min", min), ("job_name", job_name),
                        ("prompt_set", prompt_set), ("config_groups", format_config_groups), ("required_prompts", required_prompts),
                        ("tool_keys", tool_keys), ("tool_groups", tool_groups),
                        ("reward_configs", lambda names, settings: component_configs(names, settings, CONFIG_DIR))):

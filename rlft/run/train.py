@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from rlft.assets import CONFIG_DIR
-from rlft.checks import constructor_node
+from rlft.checks import constructor_node, set_by_user
 from rlft.run.preemption import last_checkpoint
 from rlft.run.validation import ConfigError, check_weights, validate
 from rlft.run.work import choose_compile
@@ -57,8 +57,14 @@ def pair_settings(cfg: DictConfig) -> str | None:
         for group, block in node.items():
             for key, value in (block.items() if group != "defaults" else ()):
                 pair.setdefault(f"{group}.{key}", value)
-    said = lambda key, value: (f"{key}={value}" if OmegaConf.select(cfg, key) == value
-                               else f"{key}={OmegaConf.select(cfg, key)} (the command line's; the pair's {value})")
+    plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+    def said(key, value):
+        actual, raw = plain(OmegaConf.select(cfg, key)), plain(value) if not OmegaConf.is_config(value) else OmegaConf.to_container(value)
+        if not set_by_user(key) and (actual == raw or "${" in str(raw)):  # interpolated: the pair's, resolved
+            return f"{key}={actual}"
+        return f"{key}={actual} (the command line's; the pair's {raw})"
+
     values = ", ".join(said(key, value) for key, value in pair.items())
     return f"model={cfg.model.name} algorithm={cfg.algorithm.name}: conf/model_algorithm/{choice}.yaml sets {values}"
 
