@@ -163,7 +163,7 @@ def compare(sweep_dir: Path, metrics: list[str] | None, x: str | None, out: Path
             if len(per_seed) > 1:
                 bands[labels[config]] = [(px, m - sd, m + sd) for px, m, sd in curve]
         figure = metric_curves(lines, ylabel=metric, xlabel=x or "epoch", title=f"{sweep_dir.name}: mean ± std over seeds", bands=bands)
-        figure.savefig(out / f"{metric.replace('/', '_')}.png", dpi=100, bbox_inches="tight")
+        figure.savefig(out / f"{metric.replace('/', '_')}.png", dpi=150, bbox_inches="tight")
     write_tables(rows, out, x, shared)
     return rows
 

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
             points = [(x_at[step], value) for step, value in points if step in x_at]
         series[run.name] = points
     figure = metric_curves(series, ylabel=args.metric, xlabel=args.x or "epoch", title=args.title)
-    figure.savefig(args.out, dpi=100, bbox_inches="tight")
+    figure.savefig(args.out, dpi=150, bbox_inches="tight")
     print(f"wrote {args.out}")
 
 

@@ -15,7 +15,9 @@ def metric_curves(
     label -> [(x, low, high)] (e.g. mean ± std over seeds), and optional matplotlib line
     settings per label (e.g. {"linestyle": "--", "color": "C1"} to pair two curves). Returns
     a matplotlib Figure."""
-    fig, ax = plt.subplots(figsize=(9 if len(series) > 1 else 6, 3.5))
+    # Sized for the manual's column: the labels (a sweep's overrides, often long) go below the axes in
+    # a readable font rather than beside them, where they squeeze the curves into half the width.
+    fig, ax = plt.subplots(figsize=(8, 4.5) if len(series) > 1 else (6, 3.5))
     for label, points in series.items():
         steps, values = zip(*points)
         (line,) = ax.plot(steps, values, marker="o", markersize=3, label=label, **(styles or {}).get(label, {}))
@@ -28,7 +30,9 @@ def metric_curves(
         ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(series) > 1:
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never hides a curve
+        longest = max(len(label) for label in series)
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16),  # below: never hides a curve
+                  ncol=1 if longest > 40 else 2 if longest > 20 else 3, frameon=False)
     else:
         fig.tight_layout()  # a legend outside is fitted by savefig(bbox_inches="tight") instead
     return fig
