@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from rlft.assets import CONFIG_DIR
 from rlft.checks import constructor_node, set_by_user
 from rlft.run.preemption import last_checkpoint
-from rlft.run.validation import ConfigError, check_weights, validate
+from rlft.run.validation import ConfigError, validate
+from rlft.run.weights import check_weights
 from rlft.run.work import choose_compile
 
 log = logging.getLogger(__name__)

@@ -90,35 +90,3 @@ def validate(cfg: DictConfig) -> None:
     check_launcher(world_size(cfg.trainer), cfg.trainer.get("devices"))
     # Last: for SEIKO it follows from the budget, whose own message says more.
     check(cfg.trainer.max_epochs >= 1, "trainer.max_epochs", cfg.trainer.max_epochs, "must be >= 1")
-
-
-# The keys of a reward's config that name weights (a hub id or a local directory).
-WEIGHT_KEYS = ("model_path", "processor_path", "clip_path", "detector_path", "detection_path", "recognition_path")
-
-
-def weight_settings(node, where: str):
-    """(setting, value) of every weight key under `node` (a plain container), depth first."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in WEIGHT_KEYS and isinstance(value, str) and value != "???":
-                yield f"{where}.{key}", value
-            else:
-                yield from weight_settings(value, f"{where}.{key}")
-
-
-def check_weights(cfg: DictConfig) -> None:
-    """Before anything loads: the model's and the rewards' weights, where a hub id names them, are in
-    the local cache or can be fetched (`rlft.models.hub`): fails in seconds, naming the setting."""
-    from rlft.models.hub import check_hub_weights
-    from rlft.rewards.multi import component_configs
-    from rlft.assets import CONFIG_DIR
-
-    check_hub_weights(str(cfg.model.pretrained), "model.pretrained", "model_index.json", cfg.model.get("revision"))
-    rewards = {"reward": OmegaConf.to_container(cfg.reward, resolve=True)}
-    evaluation = cfg.get("evaluation") or {}
-    for name, node in component_configs(list(evaluation.get("rewards") or []), evaluation.get("settings") or {}, CONFIG_DIR).items():
-        rewards[f"evaluation.settings.{name}"] = OmegaConf.to_container(node, resolve=True)
-    for where, node in rewards.items():
-        for setting, value in weight_settings(node, where):
-            check_hub_weights(value, setting)
-
