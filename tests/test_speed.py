@@ -26,6 +26,11 @@ def test_bench_writes_the_ratios(tiny_model_dir, tmp_path):
     assert result["ppo_train_unet_evals"] == 4 * 2 * 2 * 3
     assert result["seiko_step_unet_evals"] > 2 * 2 * 2 * 3  # 2 prompts, 2 steps with grad, CFG; + recompute, reference
     assert result["sample_ms_per_unet_eval"] == 1000 * result["sample_s"] / result["sample_unet_evals"]
+    # CFG's unconditional branch without gradient: timed beside the former batched-and-detached call; it keeps
+    # the conditional branch's activations only (about half: the batched call keeps both branches').
+    assert result["cfg_split_ratio"] > 0 and result["cfg_split_train_s"] > 0
+    assert 0.3 < result["cfg_split_saved_ratio"] < 0.7, result["cfg_split_saved_ratio"]
+    assert "activations kept for backward" in (run / "speed.md").read_text()
     trade = result["memory_trade"]  # each setting measured in its own process
     assert {m["micro_batch"] for m in trade if m["workload"] == "ppo"} == {4, 2, 1}
     assert any(m.get("unet_checkpointing") for m in trade) and {m.get("chain_checkpointing") for m in trade} >= {True, False}

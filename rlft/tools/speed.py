@@ -212,6 +212,9 @@ def measure(cfg: DictConfig) -> dict:
     seiko_stepping, seiko_work = counting_work(policy, lambda: seiko_step(policy, batch, k, reference, True, optimizer))
     out["seiko_step_s"], out["seiko_step_bare_s"] = timed_pair(seiko_stepping, bare_seiko_step, repeats)
 
+    if policy.batched_guidance:
+        out |= cfg_branch_figures(policy, traj, mb, repeats)
+
     for name, work in (("sample", sample_work), ("ppo_train", ppo_work), ("seiko_step", seiko_work)):
         out[f"{name}_unet_evals"] = work[-1]  # every call does the same work
         out[f"{name}_ratio"] = out[f"{name}_s"] / out[f"{name}_bare_s"]
@@ -225,6 +228,50 @@ def measure(cfg: DictConfig) -> dict:
     if device == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def saved_for_backward_mb(fn) -> float:
+    """MB of the tensors autograd keeps for the backward pass while `fn` runs (each storage once):
+    the activations a training step holds, measured the same way on any device."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values()) / 2**20
+
+
+def cfg_branch_figures(policy, traj, micro_batch: int, repeats: int) -> dict:
+    """A training step with classifier-free guidance whose unconditional branch carries no gradient
+    (`policy.cfg_gradient=conditional`): its own call without gradient (rlft's) against the former
+    batched call with that branch detached (flow_grpo's form), forward and backward of one micro-batch
+    at one step, alternately timed; and the activations each keeps for its backward pass."""
+    s = slice(0, micro_batch)
+    latents, t, embeds = traj.latents[s, 0], traj.timesteps[s, 0], traj.prompt_embeds[s]
+    former = policy.cfg_gradient
+    policy.cfg_gradient = "conditional"
+
+    def split():
+        policy.guided_prediction(latents, t, embeds).float().mean().backward()
+
+    def batched_detached():
+        uncond, cond = policy.denoiser_outputs(latents, t, embeds).chunk(2)
+        policy.model.combine_guidance(uncond.detach(), cond, policy.guidance_scale).float().mean().backward()
+
+    try:
+        split_s, batched_s = timed_pair(split, batched_detached, repeats)
+        split_mb, batched_mb = saved_for_backward_mb(split), saved_for_backward_mb(batched_detached)
+    finally:
+        policy.cfg_gradient = former
+        for p in policy.trainable_parameters():
+            p.grad = None
+    return {"cfg_split_train_s": split_s, "cfg_batched_detached_train_s": batched_s, "cfg_split_ratio": split_s / batched_s,
+            "cfg_split_saved_mb": split_mb, "cfg_batched_detached_saved_mb": batched_mb,
+            "cfg_split_saved_ratio": split_mb / batched_mb}
 
 
 def compiled_figures(cfg: DictConfig, policy, phases: dict, phase_work: dict) -> dict:
@@ -401,6 +448,12 @@ def markdown(r: dict) -> str:
             line += (f" {r[f'{key}_compiled_ratio']:.2f} | {r[f'{key}_compile_s']:.0f} s | {r[f'{key}_compiled_run_ratio']:.2f} |"
                      if f"{key}_compiled_ratio" in r else " | | |")
         lines.append(line)
+    if "cfg_split_ratio" in r:
+        lines += ["", f"A CFG training step whose unconditional branch carries no gradient (`policy.cfg_gradient=conditional`): "
+                      f"its own call without gradient {r['cfg_split_train_s'] * 1000:.1f} ms against the batched call with the "
+                      f"branch detached {r['cfg_batched_detached_train_s'] * 1000:.1f} ms ({r['cfg_split_ratio']:.2f}x); "
+                      f"activations kept for backward {r['cfg_split_saved_mb']:.1f} MB against "
+                      f"{r['cfg_batched_detached_saved_mb']:.1f} MB ({r['cfg_split_saved_ratio']:.2f}x)."]
     return "\n".join(lines) + "\n"
 
 
