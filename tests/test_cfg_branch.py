@@ -58,3 +58,4 @@ def test_the_work_counts_one_backward_branch(tiny_model_dir, cfg_gradient, evalu
         before = policy.unet_evaluations
         policy.predict(latents, policy.sampler.timesteps[0], embeds)
         assert policy.unet_evaluations - before == 4 * 2
+

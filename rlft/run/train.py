@@ -107,6 +107,17 @@ def resume_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
     return ckpt_path
 
 
+def matmul_precision(cfg: DictConfig) -> str:
+    """`float32_matmul_precision`; `auto` is `high` (TF32 matmuls, as flow_grpo sets them) when the run
+    trains on a CUDA GPU, else `highest` (a CPU's float32 stays exact). The log-probabilities are
+    elementwise float32 arithmetic either way; TF32 rounds the denoiser's matmul inputs only."""
+    precision = cfg.get("float32_matmul_precision", "highest")
+    if precision != "auto":
+        return precision
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    return "high" if on_gpu and torch.cuda.is_available() else "highest"
+
+
 def tensorboard_hint(log_dir: str) -> str:
     """The run's start line: TensorBoard pointed at the folder above the run, where the run is named
     by its own directory (pointed at the run itself, TensorBoard names it `.`)."""
@@ -115,7 +126,7 @@ def tensorboard_hint(log_dir: str) -> str:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    torch.set_float32_matmul_precision(matmul_precision(cfg))
     module, data, trainer = build(cfg)
     hparams = OmegaConf.to_container(cfg, resolve=True)
     if trainer.logger is not None:

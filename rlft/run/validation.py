@@ -76,6 +76,8 @@ def check_run(cfg: DictConfig) -> None:
     """The run's own keys (config.yaml)."""
     check(cfg.get("compile_break_even", 1) > 0, "compile_break_even", cfg.get("compile_break_even"),
           "must be > 0 (UNet evaluations; rlft speed measures it)")
+    check(cfg.get("float32_matmul_precision", "auto") in ("auto", "highest", "high", "medium"), "float32_matmul_precision",
+          cfg.get("float32_matmul_precision"), "must be auto (high on a CUDA GPU, else highest), highest, high or medium")
     check(cfg.ckpt_path in (None, "last") or str(cfg.ckpt_path).endswith(".ckpt"), "ckpt_path", cfg.ckpt_path,
           "must be last (resume this run directory if it has a checkpoint), null, or a .ckpt file")
 

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.checks import ConfigError, constructor_node, target_class
 from rlft.run.config import CONFIG_DIR, check_config_dir
+from rlft.run.train import matmul_precision
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.reference import snapshot
 from rlft.tools.size_check import size_check, size_table
@@ -468,7 +469,7 @@ def write_size_check(workdir: str) -> None:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="speed", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    torch.set_float32_matmul_precision(matmul_precision(cfg))
     if cfg.speed.size_check:
         return write_size_check(cfg.speed.size_check)
     result = measure(cfg)
