@@ -313,11 +313,11 @@ def test_readme_scaling_commands_compose_and_keep_the_global_batch():
 
 def test_the_projected_work_is_what_a_run_counts():
     """rlft.run.work's projection equals work/unet_evals as the runs count it: the default run's
-    0.081M (18 epochs x 64 samples x (20 steps sampled + 5 trained x 3) x 2 for CFG) and the tiny
-    CLI run's 192 an epoch (tests/test_end_to_end.py)."""
+    0.074M (18 epochs x 64 samples x (20 steps sampled + the SDE window's 4 trained x 3) x 2 for CFG)
+    and the tiny CLI run's 192 an epoch (tests/test_end_to_end.py)."""
     from rlft.run.work import projected_unet_evals
 
-    assert projected_unet_evals(compose_cfg([]), batched_guidance=True) == 18 * 64 * (20 + 5 * 3) * 2 == 80640
+    assert projected_unet_evals(compose_cfg([]), batched_guidance=True) == 18 * 64 * (20 + 4 * 3) * 2 == 73728
     tiny = compose_cfg(["trainer.max_epochs=2", "data.samples_per_epoch=8", "policy.num_steps=3",
                         "algorithm.timestep_fraction=1.0"])
     assert projected_unet_evals(tiny, batched_guidance=True) == 2 * 192
@@ -326,7 +326,7 @@ def test_the_projected_work_is_what_a_run_counts():
 def test_compile_auto_compiles_above_the_break_even_only():
     from rlft.run.work import choose_compile
 
-    cfg = compose_cfg(["policy.compile=auto"])  # the default run: 0.081M evaluations
+    cfg = compose_cfg(["policy.compile=auto"])  # the default run: 0.074M evaluations
     assert choose_compile(cfg, batched_guidance=True) is False
     cfg = compose_cfg(["policy.compile=auto", "compile_break_even=50000"])
     assert choose_compile(cfg, batched_guidance=True) is True

@@ -2,7 +2,7 @@
 step's settings belong to the model's family (model.family); what the algorithm may ask of the
 sampler, the algorithm's class says (`moves_sde_window`, `needs_stochastic_steps`)."""
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlft.checks import algorithm_class, as_config_error, check
 from rlft.diffusion.ode import ODE_SOLVERS
@@ -71,9 +71,10 @@ def check_sampler(cfg: DictConfig, p: DictConfig) -> None:
     check(p.get("cfg_gradient", "both") in CFG_GRADIENTS, "policy.cfg_gradient", p.get("cfg_gradient"),
           f"must be one of {list(CFG_GRADIENTS)}")
     if p.get("deterministic"):
-        check(p.sde_window is None, "policy.sde_window", p.sde_window,
-              "must be null with policy.deterministic=true: a deterministic sampler has no stochastic step")
-        name = cfg.algorithm.name
+        name = cfg.algorithm.name  # the algorithm first: a window means nothing to one that needs noise
         check(not algorithm.needs_stochastic_steps, "policy.deterministic", True,
               f"samples without noise, so no step has a log-probability, and algorithm={name} trains on "
               f"log-probabilities: only algorithm=nft and awm (trained on the forward process) take deterministic samples")
+        window = OmegaConf.to_container(p.sde_window, resolve=True) if OmegaConf.is_config(p.sde_window) else p.sde_window
+        check(window is None, "policy.sde_window", window,
+              "must be null with policy.deterministic=true: a deterministic sampler has no stochastic step")

@@ -12,6 +12,7 @@ from diffusers import ModelMixin
 
 from rlft.checks import MissingWeights
 from rlft.models.fingerprint import base_fingerprint
+from rlft.models.hub import check_hub_weights
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -127,5 +128,6 @@ def read_pipeline(title: str, pipeline_class: str, choice: str, components: tupl
     """Checks the pipeline before anything loads (`check_pipeline`), then yields a `PipelineRead`
     whose `files` the block reads; a failure to read names the model, the path and what was asked."""
     torch_dtype = check_pipeline(pretrained, dtype, pipeline_class, choice, components, title, hint)
+    check_hub_weights(pretrained, "model.pretrained", "model_index.json", revision)  # a hub id: cached or reachable
     with loading(title, pretrained, revision, variant):
         yield PipelineRead(PipelineFiles(pretrained, revision, variant, torch_dtype), components, dtype)

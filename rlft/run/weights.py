@@ -1,7 +1,8 @@
-"""Before anything loads, the weights a run names: the model's and every reward's (trained,
-`reward=multi`'s components, held-out evaluation rewards), where a Hugging Face hub id names them,
-are looked for in the local cache or on the hub (`rlft.models.hub`), so that a run that cannot get
-them fails in seconds naming the setting, not minutes later in the loader."""
+"""Before anything loads, the weights every reward names (trained, `reward=multi`'s components,
+held-out evaluation rewards), where a Hugging Face hub id names them, are looked for in the local
+cache or on the hub (`rlft.models.hub`), so that a run that cannot get them fails in seconds naming
+the setting, not after the model has loaded. The model's own (`model.pretrained`) is looked for by
+`rlft.models.loading.read_pipeline`, after the loader's own settings are checked, before it reads."""
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,9 +26,8 @@ def weight_settings(node, where: str):
 
 
 def check_weights(cfg: DictConfig) -> None:
-    """Before anything loads: the model's and the rewards' weights, where a hub id names them, are in
-    the local cache or can be fetched (`rlft.models.hub`): fails in seconds, naming the setting."""
-    check_hub_weights(str(cfg.model.pretrained), "model.pretrained", "model_index.json", cfg.model.get("revision"))
+    """Before anything loads: the rewards' weights, where a hub id names them, are in the local cache
+    or can be fetched (`rlft.models.hub`): fails in seconds, naming the setting."""
     rewards = {"reward": OmegaConf.to_container(cfg.reward, resolve=True)}
     evaluation = cfg.get("evaluation") or {}
     for name, node in component_configs(list(evaluation.get("rewards") or []), evaluation.get("settings") or {}, CONFIG_DIR).items():

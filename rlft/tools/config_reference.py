@@ -191,8 +191,8 @@ def generate() -> str:
         out.append(section(f"`{name}`: `{command}`", root / name, "###"))
     out += ["## Groups", ""]
     groups = config_groups()
-    launchers = root / "hydra" / "launcher"  # rlft's own options of a Hydra group
-    groups["hydra/launcher"] = sorted(f.stem for f in launchers.glob("*.yaml"))
+    for hydra_group in ("launcher", "help"):  # rlft's own options of Hydra's groups
+        groups[f"hydra/{hydra_group}"] = sorted(f.stem for f in (root / "hydra" / hydra_group).glob("*.yaml"))
     partials = sorted(p for p in root.rglob("base/*.yaml"))
     for group, options in groups.items():
         out += [f"### {group}", "", "Options: " + ", ".join(f"[`{o}`](#{slug(f'{group}={o}')})" for o in options), ""]
