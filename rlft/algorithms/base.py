@@ -10,6 +10,7 @@ from typing import Callable
 import lightning as L
 from omegaconf import DictConfig
 
+from rlft.rewards.placement import reward_modules
 from rlft.run.progress import run_progress_bar
 from rlft.algorithms.evaluation import HeldOutEvaluation, load_work_state, training_work, work_state
 from rlft.algorithms.health import NonFiniteGuard
@@ -73,6 +74,21 @@ class RLModule(L.LightningModule):
         self.elapsed_s = 0.0  # wall seconds of the run's work so far (time/elapsed_s)
         self.first_reward_mean = None  # for train()'s closing summary
         self.answers = AnswerStore()  # on disk once the trainer names the run's directory (setup)
+
+    def _apply(self, fn, recurse: bool = True):
+        """`.to(device)` (Lightning's placement), `.to(dtype)`, `.cuda()`: the reward models follow
+        (`rlft.rewards.placement`), though they are no submodules (their weights stay out of the
+        checkpoints)."""
+        super()._apply(fn, recurse)
+        for module in self.reward_models():
+            module._apply(fn, recurse)
+        return self
+
+    def reward_models(self) -> list:
+        """The reward models this module asks (the trained reward's, the evaluation's), not its own submodules."""
+        own = {id(m) for m in self.modules()}
+        holders = [getattr(self, name, None) for name in ("scorer", "evaluation", "learned", "oracle")]
+        return [m for m in reward_modules(*holders) if id(m) not in own]
 
     def micro_batching(self) -> tuple:
         """(train_batch_size, gradient_accumulation_steps) when each rank's share of an epoch is cut

@@ -67,7 +67,8 @@ class ClipImageFeatures(nn.Module):
     def features(self, images: torch.Tensor, resize: str = "bicubic", fit: str = "crop") -> torch.Tensor:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        pixels = ((tensor_preprocess(images.float(), self.size, resize, fit) - self.mean) / self.std).to(self.clip.dtype)
+        images = images.to(self.mean.device).float()
+        pixels = ((tensor_preprocess(images, self.size, resize, fit) - self.mean) / self.std).to(self.clip.dtype)
         embeddings = self.clip.get_image_features(pixel_values=pixels)
         if not isinstance(embeddings, torch.Tensor):  # a model output in some transformers versions
             embeddings = embeddings.pooler_output
@@ -129,5 +130,5 @@ class AestheticScore(nn.Module):
         return self.backbone.features(images)
 
     def forward(self, images: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        self.to(images.device)
-        return self.head(self.features(images)).squeeze(-1).float()
+        weight = next(self.head.parameters())  # its device and dtype: where the module placed it
+        return self.head(self.features(images.to(weight.device)).to(weight.dtype)).squeeze(-1).float()

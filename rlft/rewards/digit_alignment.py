@@ -12,7 +12,7 @@ class DigitAlignment:
         self.classifier = DigitClassifier.from_pretrained(classifier_path).eval().requires_grad_(False)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        labels = torch.tensor([label_of_prompt(p) for p in prompts], device=images.device)
-        self.classifier.to(images.device)
-        log_probs = self.classifier(images.float()).log_softmax(-1)
+        weight = next(self.classifier.parameters())  # its device and dtype: where the module placed it
+        labels = torch.tensor([label_of_prompt(p) for p in prompts], device=weight.device)
+        log_probs = self.classifier(images.to(weight.device, weight.dtype)).float().log_softmax(-1)
         return log_probs.gather(1, labels[:, None]).squeeze(1)

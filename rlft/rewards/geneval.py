@@ -90,10 +90,11 @@ class Mask2FormerDetector:
     def __call__(self, image: Image.Image, min_score: float = float("-inf")) -> dict[str, list[Detection]]:
         inputs = self.processor(images=[image], return_tensors="pt")
         pixel_mask = inputs["pixel_mask"][0].bool()
-        outputs = self.model(pixel_values=inputs["pixel_values"].to(self.model.dtype), pixel_mask=inputs["pixel_mask"])
+        outputs = self.model(pixel_values=inputs["pixel_values"].to(self.model.device, self.model.dtype),
+                             pixel_mask=inputs["pixel_mask"].to(self.model.device))
         resized = (int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum()))
         found: dict[str, list[Detection]] = {}
-        for d in instance_detections(outputs.class_queries_logits[0], outputs.masks_queries_logits[0],
+        for d in instance_detections(outputs.class_queries_logits[0].float().cpu(), outputs.masks_queries_logits[0].float().cpu(),
                                      tuple(pixel_mask.shape), resized, (image.height, image.width), min_score=min_score):
             found.setdefault(CLASSNAMES[d["label"]], []).append(Detection(d["box"], d["score"], d["mask"]))
         return found
@@ -116,6 +117,7 @@ class ClipColors:
             texts = [t.format(c=c, name=name) for c in COLORS for t in COLOR_TEMPLATES]
             inputs = self.processor(text=texts, padding=True, truncation=True, return_tensors="pt",
                                     max_length=self.clip.config.text_config.max_position_embeddings)
+            inputs = inputs.to(self.clip.device)
             features = self.clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             features = getattr(features, "pooler_output", features)
             per_color = F.normalize(features.float(), dim=-1).view(len(COLORS), len(COLOR_TEMPLATES), -1).mean(1)
@@ -131,10 +133,10 @@ class ClipColors:
     @torch.no_grad()
     def __call__(self, image: Image.Image, name: str, detections: Sequence[Detection]) -> list[str]:
         crops = [self.crop(image, d) for d in detections]
-        pixels = self.processor(images=crops, return_tensors="pt")["pixel_values"].to(self.clip.dtype)
+        pixels = self.processor(images=crops, return_tensors="pt")["pixel_values"].to(self.clip.device, self.clip.dtype)
         features = self.clip.get_image_features(pixel_values=pixels)
         features = F.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
-        return [COLORS[i] for i in (features @ self.classifier(name)).argmax(1).tolist()]
+        return [COLORS[i] for i in (features @ self.classifier(name).to(features.device)).argmax(1).tolist()]
 
 
 def check_geneval(cfg, node, where: str, splits: dict[str, list[str]]) -> None:

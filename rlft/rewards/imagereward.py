@@ -79,12 +79,14 @@ class ImageReward:
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         size = self.processor.crop_size["height"]
         cropped = [resize_and_crop(image, size) for image in to_pil(images)]
+        device = self.vision.device  # where the module's placement put it (rlft.rewards.placement)
         pixels = self.processor(images=cropped, do_resize=False, do_center_crop=False,
-                                return_tensors="pt")["pixel_values"].to(self.vision.dtype)
+                                return_tensors="pt")["pixel_values"].to(device, self.vision.dtype)
         image_tokens = self.vision(pixel_values=pixels).last_hidden_state
         text = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
+                              return_tensors="pt").to(device)
         state = self.text(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
                           encoder_hidden_states=image_tokens,
-                          encoder_attention_mask=torch.ones(image_tokens.shape[:2], dtype=torch.long)).last_hidden_state
-        return ((self.head(state[:, 0].float()) - self.mean) / self.std).squeeze(-1)
+                          encoder_attention_mask=torch.ones(image_tokens.shape[:2], dtype=torch.long, device=device)).last_hidden_state
+        head = self.head.layers[0].weight
+        return ((self.head(state[:, 0].to(head.dtype)).float() - self.mean) / self.std).squeeze(-1).cpu()

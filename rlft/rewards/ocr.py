@@ -206,12 +206,16 @@ class PaddleOcr:
     def read(self, image: np.ndarray) -> list[tuple[str, float]]:
         """(H, W, 3) uint8 RGB -> its text lines in reading order, [(text, confidence)], those
         below `drop_score` left out."""
-        probability = self.detector(pixel_values=detection_input(image, self.limit_side_len)).last_hidden_state[0, 0]
+        d = self.detector
+        probability = d(pixel_values=detection_input(image, self.limit_side_len).to(d.device, d.dtype)).last_hidden_state[0, 0]
+        probability = probability.float().cpu()
         boxes = [box for box, _ in boxes_from_map(probability.numpy(), image.shape[:2])]
         if not boxes:
             return []
         crops = [crop_upright(image, boxes[i]) for i in reading_order(boxes)]
-        lines = ctc_greedy(self.recognizer(pixel_values=recognition_input(crops)).last_hidden_state.float(), self.characters)
+        r = self.recognizer
+        lines = ctc_greedy(r(pixel_values=recognition_input(crops).to(r.device, r.dtype)).last_hidden_state.float().cpu(),
+                           self.characters)
         return [(text, score) for text, score in lines if score >= self.drop_score]
 
 
