@@ -179,7 +179,7 @@ def measure(cfg: DictConfig) -> dict:
     advantages = torch.randn(len(prompts), device=device)
     mb = a.train_batch_size
     module = algorithm(cfg, policy, optimizer)
-    train_steps = module.trained_steps(len(timesteps))
+    train_steps = module.trained_steps(traj.log_probs.shape[1])  # of the recorded steps: an SDE window's
 
     def bare_ppo_steps():  # the same backward passes: each micro-batch at each trained step, per inner epoch
         for _ in range(module.num_inner_epochs):
