@@ -249,7 +249,8 @@ def test_the_papers_settings_compose_and_validate_with_prompt_files(experiment, 
     validate(cfg)
     if not own_prompts:
         assert resolved["model"]["prompts"]["train"] == ["a train prompt", "another train prompt"]
-    if experiment.startswith("flow_grpo"):  # flow_grpo's KL and advantages in its own forms
+    if experiment.startswith("flow_grpo"):  # flow_grpo's KL and advantages in its own forms, its detached CFG branch
+        assert resolved["policy"]["cfg_gradient"] == "conditional"
         a = resolved["algorithm"]
         assert (a["kl_form"], a["global_std"], a["kl_weight"]) == ("without_dt", True, 0.01 if "pickscore" in experiment else 0.04)
     assert resolved["model"]["name"] == "sd35_medium" and resolved["policy"]["lora_rank"] == 32
