@@ -91,6 +91,7 @@ def test_offline_without_the_cache_needs_no_request(hub, monkeypatch):
     (["model=flux_dev"], "model.pretrained='black-forest-labs/FLUX.1-dev'"),
     (["reward=pickscore"], "reward.model_path='yuvalkirstain/PickScore_v1'"),
     (["evaluation.rewards=[clipscore]"], "evaluation.settings.clipscore.model_path='openai/clip-vit-large-patch14'"),
+    (["benchmark", "reward=pickscore"], "reward.model_path='yuvalkirstain/PickScore_v1'"),  # before the model loads
 ])
 def test_the_command_line_fails_in_seconds_before_loading(tmp_path, args, setting):
     """An empty cache, offline (so that a machine with network downloads nothing): the run stops before

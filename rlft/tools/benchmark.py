@@ -33,6 +33,7 @@ from rlft.checks import ConfigError, check_node
 from rlft.rewards.multi import component_configs
 from rlft.run.config import CONFIG_DIR, check_config_dir
 from rlft.run.errors import one_line_errors
+from rlft.run.weights import check_weights
 from rlft.tools.sample import load_policy
 
 
@@ -82,6 +83,7 @@ def benchmark(cfg: DictConfig) -> dict:
     b = cfg.benchmark
     out = output_path(b.out, cfg.ckpt_path, trained_reward_option(), b.overwrite)  # refused before any work
     scored = {"checkpoint": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path else None}
+    check_weights(cfg)  # the rewards' hub ids, before the model loads
     policy = load_policy(cfg, cfg.ckpt_path, scored)
     scorers = {name: instantiate(node) for name, node in rewards.items()}
     jobs = [(p, i) for p in range(len(cfg.model.prompts.eval)) for i in range(b.per_prompt)]
