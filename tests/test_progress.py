@@ -54,3 +54,11 @@ def test_every_phase_of_an_epoch_moves_to_its_total(tmp_path):
         ["evaluating: rewards", eval_chunks, eval_chunks],
     ]
     assert {"reward", "eval", "approx_kl", "clipfrac"} <= set(trainer.progress_bar_metrics)
+
+
+def test_the_bar_can_be_turned_off(tmp_path):
+    """trainer.enable_progress_bar=false: no bar is added (Lightning refuses a progress bar callback then)."""
+    cfg = compose_cfg([f"model.pretrained={save_tiny_model(tmp_path / 'model')}", "+trainer.enable_progress_bar=false"],
+                      output_dir=str(tmp_path / "run"))
+    _, _, trainer = build(cfg)
+    assert not any(isinstance(c, PhaseProgressBar) for c in trainer.callbacks) and trainer.progress_bar_callback is None

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlft.assets import CONFIG_DIR
 from rlft.checks import constructor_node, set_by_user
 from rlft.run.preemption import last_checkpoint
+from rlft.run.progress import PhaseProgressBar
 from rlft.run.validation import ConfigError, validate
 from rlft.run.weights import check_weights
 from rlft.run.work import choose_compile
@@ -87,8 +88,17 @@ def build(cfg: DictConfig):
     encode_once(policy, data.train_prompts + data.eval_prompts)
     # The algorithm's config names its other inputs (reward, ensemble, aggregation...).
     module = instantiate(constructor_node(cfg.algorithm), policy=policy)
-    trainer = instantiate(cfg.trainer)
+    trainer = instantiate(cfg.trainer, callbacks=run_callbacks(cfg.trainer))
     return module, data, trainer
+
+
+def run_callbacks(trainer_cfg: DictConfig) -> list:
+    """The trainer config's callbacks, and the phases' progress bar unless the bar is turned off
+    (`trainer.enable_progress_bar=false`: Lightning refuses a progress bar callback then)."""
+    callbacks = [instantiate(c) for c in trainer_cfg.get("callbacks") or []]
+    if trainer_cfg.get("enable_progress_bar", True) is not False:
+        callbacks.append(PhaseProgressBar())
+    return callbacks
 
 
 def resume_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
