@@ -41,7 +41,7 @@ def test_every_phase_of_an_epoch_moves_to_its_total(tmp_path):
                        "algorithm.evaluation.samples_per_prompt=1"], output_dir=str(tmp_path / "run"))
     module, data, trainer = build(cfg)
     bars = [c for c in trainer.callbacks if isinstance(c, PhaseProgressBar)]
-    assert len(bars) == 1  # the trainer config's, in place of Lightning's own
+    assert len(bars) == 1  # added by the run (run_callbacks), in place of Lightning's own
     bar = RecordingBar()
     trainer.callbacks[trainer.callbacks.index(bars[0])] = bar
     trainer.fit(module, datamodule=data)
