@@ -79,6 +79,13 @@ class Trajectories:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def release_latents(self) -> None:
+        """Keeps the prompts, images and per-step log-probabilities and timesteps; the latents (every
+        step's, the final ones, the means) become empty (B, 0) tensors, their memory freed."""
+        empty = lambda x: x.new_empty((len(x), 0))
+        self.latents, self.next_latents, self.final_latents = empty(self.latents), empty(self.next_latents), empty(self.final_latents)
+        self.means = None
+
     @classmethod
     def cat(cls, parts: list["Trajectories"]) -> "Trajectories":
         return cls(

@@ -47,3 +47,17 @@ def test_decoding_and_scoring_run_while_the_next_chunk_samples():
     _, waited = sample_and_score(policy, PROMPTS, 3, noise(), score, before_chunk=before_chunk)
     assert waited == [True, True]
     assert len(decoded_in) == 2 and all(name.startswith("decode-score") for name in decoded_in)
+
+
+def test_an_evaluation_keeps_the_images_and_releases_the_latents():
+    """keep_trajectories=False (the evaluation, oracle queries): each chunk's latents are released once it
+    is scored (the score still sees them), the images and log-probabilities are those of the full run."""
+    policy = make_policy()
+    full, _ = sample_and_score(policy, PROMPTS, 2, noise(), lambda part, chunk: None)
+    seen = []
+    light, _ = sample_and_score(policy, PROMPTS, 2, noise(), lambda part, chunk: seen.append(part.latents.shape[1]),
+                                keep_trajectories=False)
+    assert seen == [full.latents.shape[1]] * 3 and full.latents.shape[1] > 0
+    assert light.latents.shape == light.next_latents.shape == light.final_latents.shape == (len(PROMPTS), 0)
+    torch.testing.assert_close(light.images, full.images)
+    torch.testing.assert_close(light.log_probs, full.log_probs)

@@ -31,5 +31,6 @@ def query_fresh_samples(policy: DiffusionPolicy, prompts: list[str], n: int, ora
     noise = sample_generators(seed, stream, index, mine, policy.device)
     ask = lambda part, chunk: answers.ask(f"{key}/samples={mine.start + chunk.start}-{mine.start + chunk.stop}",
                                           part.images, part.prompts, oracle)
-    trajectories, asked = sample_and_score(policy, my_prompts, batch_size, noise, ask, progress=progress, desc=f"{key}: {n} queries")
+    trajectories, asked = sample_and_score(policy, my_prompts, batch_size, noise, ask, progress=progress,
+                                           desc=f"{key}: {n} queries", keep_trajectories=False)
     return trajectories.images, gather(torch.cat(asked), world)

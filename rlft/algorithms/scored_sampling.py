@@ -30,19 +30,26 @@ def sample_and_score(
     progress=False,
     desc: str = "sampling",
     before_chunk: Callable[[], None] | None = None,
+    keep_trajectories: bool = True,
 ) -> tuple[Trajectories, list[T]]:
     """Sample `prompts` (one generator each) in chunks of `batch_size`; each chunk is decoded
     and then scored, `score(chunk's trajectories, chunk's positions in prompts)`, in the worker
     while the next chunk samples (`overlap=False`: before it). `before_chunk` runs before each
     chunk samples (a graceful stop's check). `progress`: see `rlft.run.progress.phase_bar`; the bar
     counts denoising steps, then, named `rewards`, the chunks whose scores are still awaited.
+    `keep_trajectories=False` (the evaluation, oracle queries: images are all they use): each chunk's
+    latents are released once it is decoded and scored, so that they never pile up (at FLUX.1's
+    size, tens of MB a sample); the returned latents are then (B, 0).
     -> (all trajectories with images, the score of each chunk in order)"""
     parts, futures = [], []
 
     @torch.no_grad()  # grad mode is per thread: the worker's must be set too
     def decode_and_score(part: Trajectories, chunk: range) -> T:
         part.images = policy.decode(part.final_latents)
-        return score(part, chunk)
+        scored = score(part, chunk)
+        if not keep_trajectories:
+            part.release_latents()
+        return scored
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-score") as worker:
         starts = range(0, len(prompts), batch_size)
