@@ -75,6 +75,17 @@ class ClipImageFeatures(nn.Module):
         return F.normalize(embeddings.float(), dim=-1)
 
 
+def resize_and_crop_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """torchvision's `Resize(size)` then `CenterCrop(size)` on an H x W image: the resized
+    (height, width), the shorter side `size` and the longer `int(size * long / short)`, and the
+    crop's (top, left), rounded as CenterCrop rounds them, `int(round((side - size) / 2))`.
+    Shared by the tensor path below and ImageReward's PIL path."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_h, new_w = (new_long, size) if w <= h else (size, new_long)
+    return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
 RESIZE_FILTERS = ("bicubic", "bilinear")
 FITS = ("crop", "pad")
 
@@ -88,12 +99,9 @@ def tensor_preprocess(images: torch.Tensor, size: int, resize: str = "bicubic", 
       scale)`), then zeros padded around it to a square (`pad // 2` before, the rest after)."""
     h, w = images.shape[-2:]
     if fit == "crop":
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(size * long / short)
-        new_h, new_w = (new_long, size) if w <= h else (size, new_long)
+        new_h, new_w, top, left = resize_and_crop_box(h, w, size)
         if (new_h, new_w) != (h, w):
             images = F.interpolate(images, size=(new_h, new_w), mode=resize, align_corners=False, antialias=True)
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
         return images[..., top : top + size, left : left + size]
     scale = size / float(max(h, w))
     if scale == 1.0:

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval
 
 from rlft.checks import MissingWeights
+from rlft.rewards.aesthetic import resize_and_crop_box
 from rlft.rewards.clip_similarity import to_pil
 
 IMAGEREWARD_MEAN = 0.16717362830052426  # ImageReward.py's self.mean, self.std
@@ -47,13 +48,9 @@ def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
     the shorter side to `size`, the longer to `int(size * long / short)`, then the centre square with
     its offsets rounded, `int(round((side - size) / 2))`. transformers' processor floors the offset,
     so some sizes (448 x 454: 224 x 227 after the resize) would crop one pixel apart."""
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)
-    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
-    if (new_w, new_h) != (w, h):
+    new_h, new_w, top, left = resize_and_crop_box(image.height, image.width, size)
+    if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), Image.BICUBIC)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
