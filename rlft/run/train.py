@@ -62,7 +62,8 @@ def pair_settings(cfg: DictConfig) -> str | None:
     plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
 
     def said(key, value):
-        actual, raw = plain(OmegaConf.select(cfg, key)), plain(value) if not OmegaConf.is_config(value) else OmegaConf.to_container(value)
+        actual = plain(OmegaConf.select(cfg, key))
+        raw = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value  # unresolved: as the file writes it
         if not set_by_user(key) and (actual == raw or "${" in str(raw)):  # interpolated: the pair's, resolved
             return f"{key}={actual}"
         return f"{key}={actual} (the command line's; the pair's {raw})"
