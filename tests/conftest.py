@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ from rlft.models.digits import DigitsModel, build_digits_flow_scheduler, build_d
 from rlft.models.prompt_encoder import WordPromptEncoder
 
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+# Runs keep prompt embeddings on disk (policy.embedding_cache): the suite's own store, not the user's.
+os.environ.setdefault("RLFT_EMBEDDING_CACHE", tempfile.mkdtemp(prefix="rlft-test-embeddings-"))
 
 
 def tiny_components(family: str = "ddim") -> dict:

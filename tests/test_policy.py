@@ -188,13 +188,13 @@ def test_compiled_policy_pads_each_phase_to_one_graph_and_matches_eager():
     assert eager.unet_evaluations - compiled.unet_evaluations == 4 * 2 * 5
 
 
-def test_prompts_are_encoded_once_and_the_text_encoders_released():
-    policy = make_policy("flow")
+def test_prompts_are_encoded_once_and_the_text_encoders_released(tmp_path):
+    policy = make_policy("flow", embedding_cache=str(tmp_path))
     fresh = policy.encode_prompts(["a handwritten 1", "a handwritten 2", "a handwritten 1"])
     encoder_params = sum(p.numel() for p in policy.model.parameters())
     assert encoder_params > 0
     done = policy.cache_prompts(["a handwritten 2", "a handwritten 1", "a handwritten 2"])
-    assert done["prompts"] == 2 and done["released"] == ["prompt_encoder"]
+    assert (done["prompts"], done["encoded"], done["reused"]) == (2, 2, 0) and done["released"] == ["prompt_encoder"]
     assert sum(p.numel() for p in policy.model.parameters()) == 0  # the encoder's memory is no longer held
     cached = policy.encode_prompts(["a handwritten 1", "a handwritten 2", "a handwritten 1"])
     assert torch.equal(cached.tokens, fresh.tokens)
@@ -203,7 +203,7 @@ def test_prompts_are_encoded_once_and_the_text_encoders_released():
     assert policy.sample(["a handwritten 1"]).images.shape == (1, 1, 8, 8)  # sampling runs on the cache
 
 
-def test_release_text_encoders_false_keeps_them():
-    policy = make_policy("ddim", release_text_encoders=False)
+def test_release_text_encoders_false_keeps_them(tmp_path):
+    policy = make_policy("ddim", release_text_encoders=False, embedding_cache=str(tmp_path))
     assert policy.cache_prompts(["a handwritten 1"])["released"] == []
     assert policy.encode_prompts(["a handwritten 3"]).tokens.shape[0] == 1  # still encodable

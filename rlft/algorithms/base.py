@@ -105,6 +105,18 @@ class RLModule(L.LightningModule):
             writer.add_custom_scalars(TENSORBOARD_LAYOUT)
 
 
+    def on_fit_start(self) -> None:
+        """A run's prompts are fixed: encode each once, now that the model is on its device (one
+        process per node writes the store, the others read it), keep the embeddings on disk and,
+        unless policy.release_text_encoders=false, free the text encoders."""
+        data, trainer = self.trainer.datamodule, self.trainer
+        done = self.policy.cache_prompts(data.train_prompts + data.eval_prompts, writer=trainer.local_rank == 0,
+                                         barrier=trainer.strategy.barrier, progress=bool(self.showing_progress))
+        if trainer.is_global_zero:
+            released = f"; released {', '.join(done['released'])}" if done["released"] else ""
+            log.info(f"prompt embeddings: {done['prompts']} prompts, {done['encoded']} encoded, {done['reused']} "
+                     f"reused, in {done['directory']}{released}")
+
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.trainable_parameters())
 

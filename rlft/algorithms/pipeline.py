@@ -180,6 +180,7 @@ class OnlineRL(RLModule):
         return self.train_batch_size, self.gradient_accumulation_steps
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self.learned is not None:
             self.learned.model.to(self.device)
         if self.ema is not None:

@@ -8,6 +8,8 @@ stores what PPO needs to recompute each transition's log-probability later, and 
 with gradients. It never asks which family a model is.
 """
 
+import tempfile
+
 import torch
 import torch.utils.checkpoint
 from diffusers.utils.torch_utils import randn_tensor
@@ -15,6 +17,7 @@ from peft import LoraConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from rlft.diffusion.embedding_store import SHARD, EmbeddingStore, encoder_key
 from rlft.diffusion.gaussian import GaussianStep, gaussian_kl_equal_std
 from rlft.diffusion.policy_config import CFG_GRADIENTS, check_policy
 from rlft.diffusion.samplers import make_sampler, shifted_window
@@ -40,6 +43,8 @@ class DiffusionPolicy(nn.Module):
 
     `release_text_encoders`: once `cache_prompts` has encoded every prompt of a run, drop the
     text encoders from memory (T5-XXL alone is 9.5 GB in bfloat16); later prompts are refused.
+    `embedding_cache`: the directory of the prompt embeddings' stores on disk
+    (`rlft.diffusion.embedding_store`; None: a temporary one).
 
     `compile`: torch.compile the denoiser (True, or a dict of torch.compile's arguments),
     with static shapes: a batch smaller than one already compiled (with gradient or
@@ -74,6 +79,7 @@ class DiffusionPolicy(nn.Module):
         base: dict | None = None,
         compile: bool | dict = False,
         release_text_encoders: bool = True,
+        embedding_cache: str | None = None,
     ):
         super().__init__()
         self.denoiser = denoiser
@@ -121,7 +127,8 @@ class DiffusionPolicy(nn.Module):
             for param in self.trainable_parameters():
                 param.data = param.data.float()
         self.release_after_caching = release_text_encoders
-        self.prompt_cache: dict[str, PromptEmbeds] | None = None  # prompt -> its embedding (batch 1, on the CPU)
+        self.embedding_cache = embedding_cache
+        self.embeddings: EmbeddingStore | None = None  # made by `cache_prompts`
         self.compiled = False
         self.compiled_batches = {}  # gradient enabled -> the batch sizes compiled graphs were built for
         if compile:
@@ -167,32 +174,48 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
-        """Prompts -> embeddings: from the cache when `cache_prompts` has made one, else encoded."""
-        if self.prompt_cache is None:
+        """Prompts -> embeddings (on the policy's device): from the store when `cache_prompts` has
+        made one, else encoded."""
+        if self.embeddings is None:
             return self.model.encode_prompts(list(prompts))
-        missing = sorted({p for p in prompts if p not in self.prompt_cache})
+        missing = self.embeddings.missing(prompts)
         if missing and self.release_after_caching:
             raise ValueError(f"prompts {missing} were not among those this run encoded at its start, and its text "
                              "encoders are released (policy.release_text_encoders=false keeps them)")
         if missing:
-            self.add_to_cache(missing)
-        return PromptEmbeds.cat([self.prompt_cache[p] for p in prompts]).map(lambda x: x.to(self.device))
-
-    def add_to_cache(self, prompts: list[str]) -> None:
-        embeds = self.model.encode_prompts(prompts)
-        self.prompt_cache.update({p: embeds[i : i + 1].map(lambda x: x.cpu()) for i, p in enumerate(prompts)})
+            self.embeddings.write(missing, self.model.encode_prompts(missing))
+        return self.embeddings.read(list(prompts)).map(lambda x: x.to(self.device))
 
     @torch.no_grad()
-    def cache_prompts(self, prompts: list[str]) -> dict:
-        """Encode each of a run's prompts once (a prompt the model cannot encode fails here,
-        before any work) and keep the embeddings on the CPU; then, if `release_text_encoders`,
-        drop the text encoders. Returns what it did, for the log."""
-        unique = sorted(set(prompts))
-        self.prompt_cache = {}
-        self.add_to_cache(unique)
+    def cache_prompts(self, prompts: list[str], writer: bool = True, barrier=None, progress: bool = False,
+                      batch_size: int = 64) -> dict:
+        """Encode each of a run's prompts once, in batches on the policy's device, into the embedding
+        store of these text encoders (`rlft.diffusion.embedding_store`), reusing what an earlier run
+        stored; then, if `release_text_encoders`, drop the text encoders. A prompt the model cannot
+        encode fails here, before any work. Several processes: those with `writer` encode what is
+        missing (one per node), the others wait at `barrier` and read it. Returns what it did."""
+        if self.embedding_cache is None:
+            self.embedding_cache = tempfile.mkdtemp(prefix="rlft-embeddings-")
+        probe = PromptEmbeds(self.uncond_tokens, self.uncond_pooled, self.uncond_mask)
+        store = EmbeddingStore(self.embedding_cache, encoder_key(self.model, self.base_fingerprint, probe))
+        missing = store.missing(prompts)
+        if writer and missing:
+            for start in tqdm(range(0, len(missing), SHARD), desc="encoding prompts", unit="shard",
+                              disable=not progress or len(missing) <= SHARD):
+                shard = missing[start : start + SHARD]
+                store.write(shard, PromptEmbeds.cat([self.model.encode_prompts(shard[i : i + batch_size])
+                                                     for i in range(0, len(shard), batch_size)]))
+        if barrier is not None:
+            barrier()
+            store.refresh()
+        if still := store.missing(prompts):
+            raise RuntimeError(f"{len(still)} prompts are missing from the embedding store {store.directory} after "
+                               "its writers encoded them: give every node a policy.embedding_cache it can read")
+        self.embeddings = store
         released = self.model.release_text_encoders() if self.release_after_caching else []
-        kept_mb = sum(x.numel() * x.element_size() for e in self.prompt_cache.values() for x in e.fields() if x is not None)
-        return {"prompts": len(unique), "cache_mb": kept_mb / 2**20, "released": released}
+        unique = len(set(prompts))
+        return {"prompts": unique, "encoded": len(missing) if writer else 0, "reused": unique - len(missing),
+                "directory": str(store.directory), "released": released}
 
     def uncond_embeds(self, batch: int) -> PromptEmbeds:
         """The negative prompt's embedding, `batch` times (a view)."""

@@ -59,6 +59,10 @@ class DiffusionModel(nn.Module):
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         raise NotImplementedError
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Refuse a prompt the text encoders cannot take, without encoding it: run when a run is
+        built, before the encoding on the device. The hub's tokenizers take any text."""
+
     def default_latent_size(self, denoiser: nn.Module) -> int:
         """The latent side sampled at when `policy.latent_size` is null."""
         return denoiser.config.sample_size

@@ -35,6 +35,9 @@ class DigitsModel(DiffusionModel):
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         return PromptEmbeds(self.prompt_encoder.encode(prompts))
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        self.prompt_encoder.tokenize(list(prompts))  # a word outside the vocabulary is refused by name
+
     def denoise(self, denoiser, latents, timesteps, embeds, guidance_scale=None):
         return unet_denoise(denoiser, latents, timesteps, embeds)
 

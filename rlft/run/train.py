@@ -22,15 +22,6 @@ from rlft.run.work import choose_compile
 log = logging.getLogger(__name__)
 
 
-def encode_once(policy, prompts: list[str]) -> None:
-    """A run's prompts are fixed: encode each once (a prompt the model cannot encode fails here,
-    before any work), keep the embeddings and, unless policy.release_text_encoders=false, free
-    the text encoders."""
-    done = policy.cache_prompts(prompts)
-    released = f"; released {', '.join(done['released'])}" if done["released"] else ""
-    log.info(f"encoded {done['prompts']} prompts once ({done['cache_mb']:.1f} MB kept on the CPU){released}")
-
-
 def check_family(policy, model_cfg) -> None:
     """The loaded model's scheduler decides the sampler; the model config must agree, or its
     family-specific settings (policy.eta or policy.noise_level) would have been checked wrongly."""
@@ -86,7 +77,8 @@ def build(cfg: DictConfig):
     if compile:
         policy.compile_denoiser(OmegaConf.to_container(compile) if isinstance(compile, DictConfig) else {})
     data = instantiate(cfg.data)
-    encode_once(policy, data.train_prompts + data.eval_prompts)
+    # A prompt the text encoders cannot take fails now; the prompts are encoded on the device (on_fit_start).
+    policy.model.check_prompts(data.train_prompts + data.eval_prompts)
     # The algorithm's config names its other inputs (reward, ensemble, aggregation...).
     module = instantiate(constructor_node(cfg.algorithm), policy=policy)
     trainer = instantiate(cfg.trainer, callbacks=run_callbacks(cfg.trainer))
