@@ -5,6 +5,7 @@ diffusers pipeline's folders with one revision, variant and dtype and returns th
 
 import json
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -106,6 +107,11 @@ class PipelineFiles:
         return cls.load_config(self.pretrained, revision=self.revision, **kwargs)
 
 
+# What `read_pipeline` reads the folders with: the files themselves, or, while `rlft memory` plans a
+# run, their configs alone, built on the meta device (`rlft.memory.meta.MetaFiles`).
+FILES: ContextVar[type] = ContextVar("FILES", default=PipelineFiles)
+
+
 class PipelineRead:
     """What `read_pipeline` yields: the files to read, then `components(...)` for the policy."""
 
@@ -128,6 +134,8 @@ def read_pipeline(title: str, pipeline_class: str, choice: str, components: tupl
     """Checks the pipeline before anything loads (`check_pipeline`), then yields a `PipelineRead`
     whose `files` the block reads; a failure to read names the model, the path and what was asked."""
     torch_dtype = check_pipeline(pretrained, dtype, pipeline_class, choice, components, title, hint)
-    check_hub_weights(pretrained, "model.pretrained", "model_index.json", revision)  # a hub id: cached or reachable
+    files = FILES.get()
+    if files is PipelineFiles:
+        check_hub_weights(pretrained, "model.pretrained", "model_index.json", revision)  # a hub id: cached or reachable
     with loading(title, pretrained, revision, variant):
-        yield PipelineRead(PipelineFiles(pretrained, revision, variant, torch_dtype), components, dtype)
+        yield PipelineRead(files(pretrained, revision, variant, torch_dtype), components, dtype)

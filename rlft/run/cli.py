@@ -1,5 +1,5 @@
 """`rlft` / `python -m rlft`: the Hydra app around `rlft.run.train.train`, and the tools around
-runs as subcommands (`rlft compare`, `rlft plot`, `rlft sample`, `rlft benchmark`, `rlft speed`, `rlft pretrain`,
+runs as subcommands (`rlft compare`, `rlft plot`, `rlft sample`, `rlft benchmark`, `rlft speed`, `rlft memory`, `rlft pretrain`,
 `rlft serve`)."""
 
 import importlib
@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "sample": ("rlft.tools.sample", "hydra"),
     "benchmark": ("rlft.tools.benchmark", "hydra"),
     "speed": ("rlft.tools.speed", "hydra"),
+    "memory": ("rlft.tools.memory", "hydra"),
     "pretrain": ("rlft.pretrain.__main__", "hydra"),
     "serve": ("rlft.tools.serve", "hydra"),
 }

@@ -58,6 +58,13 @@ def tool_keys(app_name: str) -> str:
     return "\n".join(keep).rstrip()
 
 
+def per_process(total: int, devices) -> int:
+    if not isinstance(devices, int) or devices < 1 or total % devices:
+        raise ValueError(f"trainer.devices={devices!r}: this preset shares {total} micro-batches among the processes, and "
+                         f"needs a number of devices that divides {total}")
+    return total // devices
+
+
 def tool_groups(*, _root_) -> str:
     """A tool's --help: the config groups it composes (those Hydra chose an option of)."""
     chosen = _root_.hydra.runtime.choices
@@ -73,10 +80,12 @@ def tool_groups(*, _root_) -> str:
 # `${tool_keys:${hydra.help.app_name}}`, `${tool_groups:}`: a tool's --help (conf/hydra/help/tool.yaml).
 # `${required_prompts:model.prompts.train,+experiment=NAME,/path/to/train.txt}`: a preset's prompts that
 #   the user must give; composing without them fails naming the key (rlft.checks.required_prompts).
+# `${per_process:64,${trainer.devices}}`: a count shared by the processes (a preset's micro-batches per
+#   optimiser step: the same global batch on 1 GPU or 8).
 # `${reward_configs:${.components},${.settings}}`: reward=multi's components, each an option of conf/reward/.
 for name, resolver in (("asset", asset_path), ("len", len), ("mul", lambda a, b: a * b), ("min", min), ("job_name", job_name),
                        ("prompt_set", prompt_set), ("config_groups", format_config_groups), ("required_prompts", required_prompts),
-                       ("tool_keys", tool_keys), ("tool_groups", tool_groups),
+                       ("tool_keys", tool_keys), ("per_process", per_process), ("tool_groups", tool_groups),
                        ("reward_configs", lambda names, settings: component_configs(names, settings, CONFIG_DIR))):
     if not OmegaConf.has_resolver(name):
         OmegaConf.register_new_resolver(name, resolver)
