@@ -79,7 +79,7 @@ class DPMSolver2:
         self.previous: tuple[torch.Tensor, float] | None = None
 
     def sigmas(self, timestep, sample) -> tuple[float, float]:
-        t = torch.as_tensor(timestep, device=sample.device).reshape(-1)[:1]
+        t = torch.as_tensor(timestep).reshape(-1)[:1]  # the host's timestep (the policy passes it): no device sync
         sigma, sigma_next = step_sigmas(self.scheduler, t)
         return float(sigma), float(sigma_next)
 

@@ -311,7 +311,7 @@ class DiffusionPolicy(nn.Module):
         x = self.initial_latents(len(prompts), generator)
         latents, next_latents, log_probs, recorded, means = [], [], [], [], []
         timesteps = self.sampler.timesteps.to(x.device)
-        solver = self.sampler.ode_solver()
+        solver = self.sampler.ode_solver()  # given the host's timesteps: DPM-Solver reads their values
         # A deterministic sampler records every step (DiffusionNFT trains on their timesteps), with
         # no log-probability (NaN); otherwise the stochastic steps are recorded.
         record_all = self.sampler.deterministic
@@ -321,11 +321,11 @@ class DiffusionPolicy(nn.Module):
             prediction = self.predict(x, t, embeds)
             stochastic = self.sampler.is_stochastic(i)
             if stochastic:
-                solver.observe(prediction, t, x)
+                solver.observe(prediction, self.sampler.timesteps[i], x)
                 step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
                 x_next, log_prob, mean = step.prev_sample, step.log_prob, step.mean
             else:
-                x_next = mean = solver.step(prediction, t, x)
+                x_next = mean = solver.step(prediction, self.sampler.timesteps[i], x)
                 log_prob = x.new_full((len(x),), float("nan"), dtype=torch.float32)
             if record_all or stochastic:
                 latents.append(x)
@@ -382,9 +382,9 @@ class DiffusionPolicy(nn.Module):
                 else:
                     prediction = self.predict(x, t, embeds)
                 if not self.sampler.is_stochastic(i):
-                    x = solver.step(prediction, t, x)
+                    x = solver.step(prediction, self.sampler.timesteps[i], x)
                     continue
-                solver.observe(prediction.detach(), t, x.detach())
+                solver.observe(prediction.detach(), self.sampler.timesteps[i], x.detach())
                 step = self.sampler.step(prediction, t, x, generator=generator, reduction=self.reduction)
                 if i >= first_grad_step and reference is not None:
                     with torch.no_grad():

@@ -7,6 +7,7 @@ directory (or the hub cache), else from the published architectures rlft ships
 import json
 import math
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import diffusers
@@ -17,6 +18,10 @@ from transformers import BatchEncoding
 from rlft.memory.architectures import PUBLISHED
 from rlft.models.fingerprint import local_directory
 from rlft.models.loading import FILES
+
+# Changes to the architectures built, per folder: {"transformer": {"num_layers": 2}} builds FLUX.1 at
+# its real width with fewer blocks (`architecture(...)`; `rlft.tools.gpu_check`).
+CHANGES: ContextVar[dict] = ContextVar("CHANGES", default={})
 
 # A planned prompt's length where the tokenizer does not pad to a fixed length (Qwen-Image's
 # Qwen2.5-VL keeps each prompt's own): about 4 characters a token.
@@ -64,7 +69,12 @@ class MetaFiles:
             raise ValueError(f"model.pretrained={self.pretrained!r}: its weights are not on this machine and rlft ships "
                              f"no architecture of it to plan from (it has {sorted(PUBLISHED)}): give a model directory")
 
+    device = "meta"
+
     def read(self, folder: str) -> dict:
+        return {**self.read_file(folder), **CHANGES.get().get(folder, {})}
+
+    def read_file(self, folder: str) -> dict:
         if self.directory is None:
             return dict(PUBLISHED[self.pretrained][folder])
         path = self.directory / folder
@@ -75,7 +85,7 @@ class MetaFiles:
 
     def weights(self, cls, subfolder: str, dtype: torch.dtype | None = None):
         config = {k: v for k, v in self.read(subfolder).items() if not k.startswith("_") or k == "_attn_implementation"}
-        with torch.device("meta"):
+        with torch.device(self.device):
             if issubclass(cls, diffusers.ModelMixin):
                 model = cls.from_config(config)
             else:
@@ -93,6 +103,30 @@ class MetaFiles:
 
     def config(self, cls, subfolder: str | None = None) -> dict:
         return self.read(subfolder or "model_index.json")
+
+
+
+
+@contextmanager
+def architecture(changes: dict):
+    """Within it, the planned or random-weight models take `changes` to their configs (`CHANGES`)."""
+    token = CHANGES.set(changes)
+    try:
+        yield
+    finally:
+        CHANGES.reset(token)
+
+
+@contextmanager
+def random_weights(device: str = "cuda"):
+    """Within it, the family loaders build their components with random weights on `device` (and
+    planned tokenizers): the real architectures, at their real size, with nothing downloaded
+    (`rlft.tools.gpu_check`)."""
+    token = FILES.set(type("RandomFiles", (MetaFiles,), {"device": device}))
+    try:
+        yield
+    finally:
+        FILES.reset(token)
 
 
 @contextmanager

@@ -71,6 +71,7 @@ class Plan:
     phases: list[Phase]
     processes: int
     notes: list[str]
+    latent_size: int = 0
 
     @property
     def peak(self) -> Phase:
@@ -166,20 +167,23 @@ def plan_run(cfg: DictConfig) -> Plan:
     notes = [f"denoiser: {weights_by_dtype(policy.denoiser)}; text encoders: "
              + ("; ".join(f"{n} {weights_by_dtype(e)}" for n, e in encoders.items()) or "none"),
              f"latents {tuple(traj.latents.shape[2:])}, {steps} stored steps, {per_sample / 2**20:.1f} MiB stored a sample"]
-    return Plan(phases, world, notes)
+    return Plan(phases, world, notes, policy.latent_size)
 
 
 def fit_advice(cfg: DictConfig, plan: Plan, device_bytes: int) -> str:
     """The settings that bring the peak phase down, for a plan that does not fit."""
     phase = plan.peak
     knobs = []
+    if phase.name == "encoding":
+        knobs.append("model.dtype=bfloat16 (the text encoders' weights)" if cfg.model.get("dtype") == "float32" else
+                     "fewer or smaller text encoders (e.g. model.use_t5=false on SD3)")
     if phase.name == "training":
         knobs.append(f"algorithm.train_batch_size={cfg.algorithm.get('train_batch_size')} (smaller)")
         if not cfg.model.get("gradient_checkpointing", False):
             knobs.append("model.gradient_checkpointing=true")
     if phase.name in ("sampling", "evaluation"):
         knobs.append(f"algorithm.sample_batch_size={cfg.algorithm.get('sample_batch_size')} (smaller)")
-    knobs.append(f"policy.latent_size={cfg.policy.get('latent_size')} (smaller: fewer pixels)")
+    knobs.append(f"policy.latent_size (now {plan.latent_size}; smaller: fewer pixels)")
     knobs.append(f"trainer.devices (more processes share data.samples_per_epoch={cfg.data.samples_per_epoch})")
     return ", ".join(knobs)
 
@@ -201,6 +205,5 @@ def describe(plan: Plan, device_bytes: int | None = None) -> str:
     if device_bytes:
         peak = plan.peak
         verdict = "fits" if peak.with_overhead() <= device_bytes else "does NOT fit"
-        lines.append(f"peak: {peak.name}, {peak.with_overhead() / GiB:.1f} GiB with overhead: {verdict} in "
-                     f"{device_bytes / GiB:.0f} GiB")
+        lines.append(f"peak: {peak.name}, {size(peak.with_overhead())} with overhead: {verdict} in {size(device_bytes)}")
     return "\n".join(lines)

@@ -22,6 +22,31 @@ from rlft.run.work import choose_compile
 log = logging.getLogger(__name__)
 
 
+def memory_limit(cfg: DictConfig) -> int | None:
+    """`memory_limit_gib` in bytes; auto: the CUDA device's memory when the run trains on one."""
+    limit = cfg.get("memory_limit_gib", "auto")
+    if limit == "auto":
+        on_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        return torch.cuda.get_device_properties(0).total_memory if on_gpu else None
+    return None if limit is None else int(float(limit) * 2**30)
+
+
+def check_memory(cfg: DictConfig) -> None:
+    """The run's memory plan (`rlft.memory.plan`) against `memory_limit_gib`, before loading weights."""
+    limit = memory_limit(cfg)
+    if limit is None:
+        return
+    from rlft.memory.plan import describe, fit_advice, plan_run
+
+    plan = plan_run(cfg)
+    if plan.peak.with_overhead() > limit:
+        raise ConfigError(f"memory_limit_gib={cfg.memory_limit_gib}: this run's plan does not fit: its {plan.peak.name} "
+                          f"peaks at {plan.peak.with_overhead() / 2**30:.1f} GiB a process with overhead, over "
+                          f"{limit / 2**30:.1f} GiB. To fit, change: {fit_advice(cfg, plan, limit)}; "
+                          f"`rlft memory <the same overrides>` prints the whole plan:\n{describe(plan, limit)}")
+    log.info(f"memory plan: peak {plan.peak.name}, {plan.peak.with_overhead() / 2**30:.1f} GiB of {limit / 2**30:.1f}")
+
+
 def check_family(policy, model_cfg) -> None:
     """The loaded model's scheduler decides the sampler; the model config must agree, or its
     family-specific settings (policy.eta or policy.noise_level) would have been checked wrongly."""
@@ -66,6 +91,7 @@ def pair_settings(cfg: DictConfig) -> str | None:
 def build(cfg: DictConfig):
     """The module, datamodule and trainer a config describes (nothing is run)."""
     validate(cfg)
+    check_memory(cfg)  # before anything loads: a run that will not fit stops here
     check_weights(cfg)  # before anything loads: a missing hub id fails in seconds
     if said := pair_settings(cfg):
         log.info(said)
