@@ -172,20 +172,25 @@ def plan_run(cfg: DictConfig) -> Plan:
 
 def fit_advice(cfg: DictConfig, plan: Plan, device_bytes: int) -> str:
     """The settings that bring the peak phase down, for a plan that does not fit."""
-    phase = plan.peak
+    phase, algorithm = plan.peak, cfg.algorithm
     knobs = []
     if phase.name == "encoding":
         knobs.append("model.dtype=bfloat16 (the text encoders' weights)" if cfg.model.get("dtype") == "float32" else
                      "fewer or smaller text encoders (e.g. model.use_t5=false on SD3)")
     if phase.name == "training":
-        knobs.append(f"algorithm.train_batch_size={cfg.algorithm.get('train_batch_size')} (smaller)")
+        if (algorithm.get("train_batch_size") or 1) > 1:
+            knobs.append(f"algorithm.train_batch_size={algorithm.train_batch_size} (smaller)")
         if not cfg.model.get("gradient_checkpointing", False):
             knobs.append("model.gradient_checkpointing=true")
-    if phase.name in ("sampling", "evaluation"):
-        knobs.append(f"algorithm.sample_batch_size={cfg.algorithm.get('sample_batch_size')} (smaller)")
-    knobs.append(f"policy.latent_size (now {plan.latent_size}; smaller: fewer pixels)")
-    knobs.append(f"trainer.devices (more processes share data.samples_per_epoch={cfg.data.samples_per_epoch})")
-    return ", ".join(knobs)
+    if phase.name in ("sampling", "evaluation") and (algorithm.get("sample_batch_size") or 1) > 1:
+        knobs.append(f"algorithm.sample_batch_size={algorithm.sample_batch_size} (smaller)")
+    if "num_frames" in cfg.model:
+        knobs.append(f"model.num_frames={cfg.model.num_frames} or model.height/width (fewer frames or pixels)")
+    else:
+        knobs.append(f"policy.latent_size (now {plan.latent_size}; smaller: fewer pixels)")
+    if phase.name != "training" or not knobs:
+        knobs.append(f"trainer.devices (more processes share data.samples_per_epoch={cfg.data.samples_per_epoch})")
+    return ", ".join(knobs) + "; or shard the model over the GPUs (not yet in rlft: issue #36)"
 
 
 def size(n: int) -> str:

@@ -25,6 +25,7 @@ PRIMARY = {  # the configs an entry point composes, and the command that compose
     "sample.yaml": "rlft sample",
     "benchmark.yaml": "rlft benchmark",
     "speed.yaml": "rlft speed",
+    "memory.yaml": "rlft memory",
     "pretraining.yaml": "rlft pretrain",
     "serve.yaml": "rlft serve",
 }
