@@ -79,6 +79,20 @@ class Trajectories:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def store(self, device: torch.device | str, dtype: torch.dtype | None = None) -> None:
+        """Keep what the update reads back a micro-batch at a time (the latents of every step, the
+        clean ones, the means, the prompt embeddings) and the images on `device` (host memory, pinned
+        when a GPU is in use, so that they come back asynchronously), the latents in `dtype` (None:
+        as sampled). Log-probabilities and timesteps stay where they are (small, and used whole)."""
+        device = torch.device(device)
+        pin = device.type == "cpu" and torch.cuda.is_available()
+        place = lambda x, cast: None if x is None else (lambda y: y.pin_memory() if pin else y)(
+            x.to(device, dtype if cast and dtype is not None else x.dtype))
+        self.latents, self.next_latents = place(self.latents, True), place(self.next_latents, True)
+        self.final_latents, self.means = place(self.final_latents, True), place(self.means, True)
+        self.images = place(self.images, False)
+        self.prompt_embeds = self.prompt_embeds.map(lambda x: place(x, False))
+
     def release_latents(self) -> None:
         """Keeps the prompts, images and per-step log-probabilities and timesteps; the latents (every
         step's, the final ones, the means) become empty (B, 0) tensors, their memory freed."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from rlft.memory.meta import on_meta_device
@@ -104,3 +105,16 @@ def test_every_shipped_model_and_preset_fits_80_gb_on_8_gpus(overrides):
     peak = planned_peak(overrides)
     print(overrides, f"{peak:.1f} GiB")
     assert peak <= 80, f"{overrides}: {peak:.1f} GiB a process"
+
+
+def test_sliced_decoding_gives_the_same_images_and_lowers_the_sampling_peak(tmp_path):
+    from rlft.models.sd3 import load_sd3
+    from tests.tiny_sd import save_tiny_sd3
+
+    model = save_tiny_sd3(tmp_path / "sd3")
+    latents = torch.randn(4, 4, 8, 8)
+    whole, sliced = (load_sd3(str(model), dtype="float32", vae_decode=v)["model"].decode(latents) for v in ("whole", "sliced"))
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+    sampling = lambda decode: next(p for p in plan_run(compose_cfg(
+        ["model=sd15", f"model.vae_decode={decode}", "algorithm.sample_batch_size=8"])).phases if p.name == "sampling")
+    assert sampling("sliced").total < 0.8 * sampling("whole").total

@@ -146,7 +146,9 @@ class AWM(OnlineRL):
     @torch.no_grad()
     def prepare(self, traj: Trajectories, rows: torch.Tensor, advantages: torch.Tensor, num_steps: int) -> list:
         indices = training_indices(num_steps, self.train_timesteps, self.timestep_fraction, self.time_type)
-        x_0, embeds = traj.final_latents[rows].float(), traj.prompt_embeds[rows]
+        # (host memory under algorithm.offload: the rows are taken there, then brought over)
+        x_0 = self.fetch(traj.final_latents[rows.to(traj.final_latents.device)])
+        embeds = traj.prompt_embeds.map(lambda x: self.fetch_embedding(x[rows.to(x.device)]))
         adv = advantages[rows].clamp(-self.adv_clip_max, self.adv_clip_max) / self.adv_clip_max * self.advantage_max
         passes = []
         for index in indices.tolist():

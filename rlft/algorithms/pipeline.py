@@ -32,6 +32,8 @@ from rlft.algorithms.scored_sampling import sample_and_score
 from rlft.checks import check
 from rlft.diffusion.noise import sample_generators
 from rlft.diffusion.policy import DiffusionPolicy
+from rlft.memory.host import check_host_memory, trajectory_bytes
+from rlft.models.loading import DTYPES
 from rlft.rewards.learned import LearnedReward
 from rlft.rewards.scorer import Scorer
 from rlft.run.distributed import (check_sharding, gather, grad_sync, mean_over_ranks, rank_and_world, shard,
@@ -88,6 +90,8 @@ class OnlineRL(RLModule):
         evaluation: HeldOutEvaluation | None = None,
         eval_every_n_epochs: int = 5,
         async_reward: bool = True,
+        offload: bool = False,
+        storage_dtype: str | None = None,
         health: NonFiniteGuard | None = None,
         ema_decay: float | None = None,
         progress: bool = True,
@@ -117,6 +121,7 @@ class OnlineRL(RLModule):
                                    if self.scorer.separate_advantages and tracked else None)
         self.eval_every_n_epochs = eval_every_n_epochs
         self.async_reward = async_reward
+        self.offload, self.storage_dtype = offload, storage_dtype  # where and how the epoch's trajectories are kept
         self.learned = reward_fn if isinstance(reward_fn, LearnedReward) else None  # reward=ensemble
         self.fit_metrics: dict[str, float] = {}  # the learned reward's fit before this epoch
         self.epoch_steps = self.epoch_skipped_steps = 0
@@ -144,6 +149,9 @@ class OnlineRL(RLModule):
                   f"must be an integer >= 2: algorithm={a.name} compares each sample with the others of its prompt's group")
             check(d.samples_per_epoch % a.group_size == 0, "data.samples_per_epoch", d.samples_per_epoch,
                   f"must be a multiple of algorithm.group_size={a.group_size} (whole groups of one prompt each)")
+        storage = a.get("storage_dtype")
+        check(storage is None or storage in DTYPES, "algorithm.storage_dtype", storage,
+              f"must be null (the latents as sampled, float32) or one of {sorted(DTYPES)}")
         if "kl_weight" in a:
             check(a.kl_weight >= 0, "algorithm.kl_weight", a.kl_weight, "must be >= 0 (0: no KL term)")
 
@@ -331,10 +339,12 @@ class OnlineRL(RLModule):
         name each sample's noise.
         -> (trajectories, rewards (B, K) possibly non-finite, seconds spent in the reward)"""
         noise = sample_generators(self.seed, "rollout", self.current_epoch, indices, self.device)
+        stores = self.offload or self.storage_dtype is not None
         traj, results = sample_and_score(
             self.policy, prompts, self.sample_batch_size, noise,
             lambda part, chunk: self.score(part, indices[chunk.start : chunk.stop]), overlap=self.async_reward,
             progress=self.showing_progress, before_chunk=lambda: stop_if_requested(self.trainer),
+            store=(lambda part, chunk: self.store_chunk(part, chunk, len(prompts))) if stores else None,
         )
         return traj, torch.cat([r for r, _ in results]), sum(seconds for _, seconds in results)
 
@@ -397,17 +407,36 @@ class OnlineRL(RLModule):
             rows = torch.randperm(batch, device=self.device)
             # Each trajectory gets its own order of timesteps; the first `train_steps` are trained.
             order = torch.argsort(torch.rand(batch, num_steps, device=self.device), dim=1)[:, :train_steps]
-            pick = lambda x: x[rows][torch.arange(batch, device=self.device)[:, None], order]  # (B, T, ...) -> (B, train_steps, ...)
+            # (B, T, ...) -> (B, train_steps, ...), where the tensor is (host memory: algorithm.offload)
+            pick = lambda x: x[rows.to(x.device)][torch.arange(batch, device=x.device)[:, None], order.to(x.device)]
             latents, next_latents = pick(traj.latents), pick(traj.next_latents)
             old_log_probs, timesteps = pick(traj.log_probs), pick(traj.timesteps)
             means = pick(traj.means) if traj.means is not None else None
-            embeds, adv, final = traj.prompt_embeds[rows], advantages[rows], traj.final_latents[rows]
+            embeds, adv, final = traj.prompt_embeds.map(lambda x: x[rows.to(x.device)]), advantages[rows], traj.final_latents[rows.to(traj.final_latents.device)]
             for start in range(0, batch, self.train_batch_size):
                 stop_if_requested(self.attached_trainer)
                 mb = slice(start, start + self.train_batch_size)
                 for j in range(train_steps):
-                    yield MicroBatch(latents[mb, j], next_latents[mb, j], timesteps[mb, j], old_log_probs[mb, j],
-                                     embeds[mb], adv[mb], final[mb], None if means is None else means[mb, j])
+                    yield MicroBatch(self.fetch(latents[mb, j]), self.fetch(next_latents[mb, j]), timesteps[mb, j],
+                                     old_log_probs[mb, j], embeds[mb].map(self.fetch_embedding), adv[mb],
+                                     self.fetch(final[mb]), None if means is None else self.fetch(means[mb, j]))
+
+    def fetch(self, latents: torch.Tensor) -> torch.Tensor:
+        """Stored latents back on the device, in float32 as sampled (`algorithm.offload`, `storage_dtype`);
+        nothing is copied when they are there already."""
+        return latents.to(self.device, torch.float32, non_blocking=True)
+
+    def fetch_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True)
+
+    def store_chunk(self, part: Trajectories, chunk: range, samples: int) -> None:
+        """A chunk's trajectories to host memory as soon as it is scored (`offload`), latents in
+        `storage_dtype`; the first chunk checks that the epoch's will fit the host's free memory."""
+        dtype = DTYPES[self.storage_dtype] if self.storage_dtype else None
+        if self.offload and chunk.start == 0:
+            need = trajectory_bytes(part, dtype) * math.ceil(samples / len(part))
+            check_host_memory(need, "algorithm.offload=true")
+        part.store("cpu" if self.offload else self.device, dtype)
 
     def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
         """`training_passes` with one backward each; one optimiser step per `accumulation_window`

@@ -31,6 +31,7 @@ def sample_and_score(
     desc: str = "sampling",
     before_chunk: Callable[[], None] | None = None,
     keep_trajectories: bool = True,
+    store: Callable[[Trajectories, range], None] | None = None,
 ) -> tuple[Trajectories, list[T]]:
     """Sample `prompts` (one generator each) in chunks of `batch_size`; each chunk is decoded
     and then scored, `score(chunk's trajectories, chunk's positions in prompts)`, in the worker
@@ -39,7 +40,8 @@ def sample_and_score(
     counts denoising steps, then, named `rewards`, the chunks whose scores are still awaited.
     `keep_trajectories=False` (the evaluation, oracle queries: images are all they use): each chunk's
     latents are released once it is decoded and scored, so that they never pile up (at FLUX.1's
-    size, tens of MB a sample); the returned latents are then (B, 0).
+    size, tens of MB a sample); the returned latents are then (B, 0). `store(part, chunk)` then puts
+    what is kept where it is kept (host memory: `algorithm.offload`).
     -> (all trajectories with images, the score of each chunk in order)"""
     parts, futures = [], []
 
@@ -49,6 +51,8 @@ def sample_and_score(
         scored = score(part, chunk)
         if not keep_trajectories:
             part.release_latents()
+        if store is not None:
+            store(part, chunk)
         return scored
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-score") as worker:

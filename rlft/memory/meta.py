@@ -8,11 +8,9 @@ import json
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import Path
 
 import diffusers
 import torch
-import transformers
 from transformers import BatchEncoding
 
 from rlft.memory.architectures import PUBLISHED

@@ -14,8 +14,8 @@ create until it is freed:
 
 On top of each: the weights held all run long (denoiser, VAE, reward models), the trained
 weights' gradients and AdamW's two moments (float32), and the epoch's stored trajectories
-(latents, log-probabilities, prompt embeddings: measured per sample from the traced chunk, times
-the samples a process keeps). Reward models are counted from their published parameter counts
+(latents, log-probabilities, prompt embeddings, images: measured per sample from the traced chunk,
+times the samples a process keeps; none with `algorithm.offload`, which keeps them in host memory). Reward models are counted from their published parameter counts
 (estimated; their activations at 224 px are not planned). What the trace cannot see, the CUDA
 context and the caching allocator's slack, is `OVERHEAD` beside it.
 """
@@ -27,8 +27,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlft.memory.host import trajectory_bytes
 from rlft.memory.meta import on_meta_device
 from rlft.memory.trace import LiveBytes, traced_attention
+from rlft.models.loading import DTYPES
 
 GiB = 2**30
 # The CUDA context and kernels (about 0.5-1 GiB on an H100) and the caching allocator's
@@ -112,12 +114,12 @@ def planned_prompt(cfg: DictConfig) -> str:
     return max(prompts, key=len)
 
 
-def trajectory_bytes_per_sample(traj) -> int:
-    """What a stored sample keeps until the update: latents before and after each stochastic step,
-    the clean latent, log-probabilities, timesteps, its prompt embedding (images are scored and dropped)."""
-    kept = [traj.latents, traj.next_latents, traj.final_latents, traj.log_probs, traj.timesteps, traj.means,
-            *traj.prompt_embeds.fields()]
-    return nbytes(kept) // len(traj)
+def trajectory_bytes_per_sample(traj, storage_dtype: str | None) -> int:
+    """What a stored sample keeps until the update (`Trajectories.store`): the latents before and
+    after each stochastic step and the clean one (in `algorithm.storage_dtype`), its prompt
+    embedding and decoded image, log-probabilities and timesteps."""
+    dtype = DTYPES[storage_dtype] if storage_dtype else None
+    return (trajectory_bytes(traj, dtype) + nbytes([traj.log_probs, traj.timesteps])) // len(traj)
 
 
 def plan_run(cfg: DictConfig) -> Plan:
@@ -139,7 +141,7 @@ def plan_run(cfg: DictConfig) -> Plan:
         # (kept for sampling's own encoding, which is tiny next to the rest; counted in the encoding phase only)
         with torch.no_grad(), LiveBytes() as sampling:
             traj = policy.sample([prompt] * sample_batch)
-        per_sample = trajectory_bytes_per_sample(traj)
+        per_sample = trajectory_bytes_per_sample(traj, algorithm.get("storage_dtype"))
         steps = traj.latents.shape[1]
         rows = (torch.arange(train_batch) % len(traj)).to(traj.latents.device)  # a micro-batch of the chunk's samples
         with LiveBytes() as training:
@@ -153,7 +155,8 @@ def plan_run(cfg: DictConfig) -> Plan:
         held = {"denoiser (frozen)": nbytes(frozen), "VAE and other frozen parts": nbytes(model.parameters()) - encoder_weights,
                 "reward model": reward_bytes(cfg.reward)}
         evaluation_rewards = sum(reward_bytes(DictConfig({"name": str(n)})) for n in cfg.evaluation.get("rewards", []) or [])
-        trajectories = {f"stored trajectories ({kept} samples x {steps} steps)": per_sample * kept}
+        offload = bool(algorithm.get("offload", False))
+        trajectories = {f"stored trajectories ({kept} samples x {steps} steps)": 0 if offload else per_sample * kept}
         phases = [
             Phase("encoding", {**held, "trained weights": state["trained weights"], "text encoders": encoder_weights,
                                f"encoding activations ({ENCODE_BATCH} prompts)": encoding.peak}),
@@ -166,7 +169,8 @@ def plan_run(cfg: DictConfig) -> Plan:
         ]
     notes = [f"denoiser: {weights_by_dtype(policy.denoiser)}; text encoders: "
              + ("; ".join(f"{n} {weights_by_dtype(e)}" for n, e in encoders.items()) or "none"),
-             f"latents {tuple(traj.latents.shape[2:])}, {steps} stored steps, {per_sample / 2**20:.1f} MiB stored a sample"]
+             f"latents {tuple(traj.latents.shape[2:])}, {steps} stored steps, {per_sample / 2**20:.1f} MiB stored a sample"
+             + (f" (in host memory: {per_sample * kept / GiB:.1f} GiB a process, algorithm.offload)" if offload else "")]
     return Plan(phases, world, notes, policy.latent_size)
 
 
@@ -182,6 +186,8 @@ def fit_advice(cfg: DictConfig, plan: Plan, device_bytes: int) -> str:
             knobs.append(f"algorithm.train_batch_size={algorithm.train_batch_size} (smaller)")
         if not cfg.model.get("gradient_checkpointing", False):
             knobs.append("model.gradient_checkpointing=true")
+    if phase.name in ("sampling", "training") and not algorithm.get("offload", False):
+        knobs.append("algorithm.offload=true (the epoch's trajectories in host memory)")
     if phase.name in ("sampling", "evaluation") and (algorithm.get("sample_batch_size") or 1) > 1:
         knobs.append(f"algorithm.sample_batch_size={algorithm.sample_batch_size} (smaller)")
     if "num_frames" in cfg.model:

@@ -81,6 +81,7 @@ def load_flux(
     dtype: str = "bfloat16",
     max_sequence_length: int = 512,
     gradient_checkpointing: bool = False,
+    vae_decode: str = "whole",
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the FLUX transformer), scheduler
     (flow matching with dynamic shift, from the pipeline's config), model (`FluxModel`: CLIP-L,
@@ -95,4 +96,4 @@ def load_flux(
         scheduler = f.files(FlowMatchEulerDiscreteScheduler, "scheduler")
     model = FluxModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae, scheduler,
                       guidance_embeds=bool(transformer.config.guidance_embeds), max_sequence_length=max_sequence_length)
-    return read.components(transformer, scheduler, model, gradient_checkpointing)
+    return read.components(transformer, scheduler, model, gradient_checkpointing, vae_decode)

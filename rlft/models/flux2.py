@@ -85,6 +85,7 @@ def load_flux2_klein(
     max_sequence_length: int = 512,
     text_encoder_out_layers: tuple[int, ...] = (9, 18, 27),
     gradient_checkpointing: bool = False,
+    vae_decode: str = "whole",
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the FLUX.2 transformer), scheduler,
     model (`Flux2KleinModel`: Qwen3, the VAE), base (its fingerprint)."""
@@ -98,4 +99,4 @@ def load_flux2_klein(
         pipeline_config = f.config(Flux2KleinPipeline)
     model = Flux2KleinModel(text_encoder, tokenizer, vae, is_distilled=bool(pipeline_config.get("is_distilled", False)),
                             max_sequence_length=max_sequence_length, text_encoder_out_layers=text_encoder_out_layers)
-    return read.components(transformer, scheduler, model, gradient_checkpointing)
+    return read.components(transformer, scheduler, model, gradient_checkpointing, vae_decode)

@@ -16,6 +16,8 @@ from rlft.models.fingerprint import base_fingerprint
 from rlft.models.hub import check_hub_weights
 
 
+# How the VAE decodes a chunk (`model.vae_decode`): what diffusers' VAEs offer to cut its peak memory.
+VAE_DECODES = ("whole", "sliced", "tiled")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # A pipeline class (a directory's model_index.json) -> the model configs that load it.
@@ -118,11 +120,20 @@ class PipelineRead:
     def __init__(self, files: PipelineFiles, components: tuple[str, ...], dtype: str):
         self.files, self.parts, self.dtype = files, ("model_index.json", *components), dtype
 
-    def components(self, denoiser, scheduler, model, gradient_checkpointing: bool, **base) -> dict:
+    def components(self, denoiser, scheduler, model, gradient_checkpointing: bool, vae_decode: str = "whole",
+                   **base) -> dict:
         """-> {denoiser, scheduler, model, base}: what `DiffusionPolicy` takes; `base`: the frozen
-        model's fingerprint (of the files read, once they are in the cache), with `base`'s extra keys."""
+        model's fingerprint (of the files read, once they are in the cache), with `base`'s extra keys.
+        `vae_decode` (`model.vae_decode`): whole batches, `sliced` (a sample at a time) or `tiled`
+        (a sample at a time, in overlapping tiles: diffusers' VAE tiling, in time too for video)."""
         if gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()  # recompute activations in backward: memory for time
+        if vae_decode not in VAE_DECODES:
+            raise ValueError(f"model.vae_decode={vae_decode!r} is invalid: must be one of {list(VAE_DECODES)}")
+        if vae_decode != "whole":
+            model.vae.enable_slicing()
+        if vae_decode == "tiled":
+            model.vae.enable_tiling()
         f = self.files
         fingerprint = base_fingerprint(f.pretrained, self.parts, self.dtype, f.revision, f.variant)
         return {"denoiser": denoiser, "scheduler": scheduler, "model": model, "base": {**fingerprint, **base}}

@@ -95,6 +95,7 @@ def load_qwen_image(
     dtype: str = "bfloat16",
     max_sequence_length: int = 512,
     gradient_checkpointing: bool = False,
+    vae_decode: str = "whole",
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the Qwen-Image transformer), scheduler,
     model (`QwenImageModel`: Qwen2.5-VL, the VAE), base (its fingerprint)."""
@@ -108,4 +109,4 @@ def load_qwen_image(
         scheduler = f.files(FlowMatchEulerDiscreteScheduler, "scheduler")
     model = QwenImageModel(text_encoder, tokenizer, vae, scheduler, guidance_embeds=bool(transformer.config.guidance_embeds),
                            max_sequence_length=max_sequence_length)
-    return read.components(transformer, scheduler, model, gradient_checkpointing)
+    return read.components(transformer, scheduler, model, gradient_checkpointing, vae_decode)

@@ -67,6 +67,7 @@ def load_sd3(
     use_t5: bool = True,
     max_sequence_length: int = 256,
     gradient_checkpointing: bool = False,
+    vae_decode: str = "whole",
     vae_dtype: str | None = None,
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the SD3 transformer), scheduler
@@ -88,4 +89,4 @@ def load_sd3(
             tokenizers["tokenizer_3"] = f.files(T5TokenizerFast, "tokenizer_3")
         scheduler = f.files(FlowMatchEulerDiscreteScheduler, "scheduler")
     model = SD3Model(**encoders, **tokenizers, transformer=transformer, vae=vae, max_sequence_length=max_sequence_length)
-    return read.components(transformer, scheduler, model, gradient_checkpointing, use_t5=use_t5)
+    return read.components(transformer, scheduler, model, gradient_checkpointing, vae_decode, use_t5=use_t5)

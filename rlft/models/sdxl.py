@@ -59,6 +59,7 @@ def load_sdxl(
     variant: str | None = None,
     dtype: str = "bfloat16",
     gradient_checkpointing: bool = False,
+    vae_decode: str = "whole",
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the
     pipeline's scheduler config, as DDPO), model (`SDXLModel`: both CLIPs, the VAE), base."""
@@ -77,4 +78,4 @@ def load_sdxl(
         pipeline_config = f.config(StableDiffusionXLPipeline)
     model = SDXLModel(text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae,
                       force_zeros_for_empty_prompt=pipeline_config.get("force_zeros_for_empty_prompt", True))
-    return read.components(unet, scheduler, model, gradient_checkpointing)
+    return read.components(unet, scheduler, model, gradient_checkpointing, vae_decode)

@@ -48,6 +48,7 @@ def load_stable_diffusion(
     variant: str | None = None,
     dtype: str = "float16",
     gradient_checkpointing: bool = False,
+    vae_decode: str = "whole",
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the UNet), scheduler (DDIM, from the pipeline's
     scheduler config), model (`StableDiffusionModel`: CLIP and the VAE), base (its fingerprint)."""
@@ -60,4 +61,4 @@ def load_stable_diffusion(
         tokenizer = f.files(CLIPTokenizer, "tokenizer")
         # DDIM, configured from the pipeline's own scheduler (SD ships PNDM), as DDPO does.
         scheduler = DDIMScheduler.from_config(f.config(DDIMScheduler, "scheduler"))
-    return read.components(unet, scheduler, StableDiffusionModel(tokenizer, text_encoder, vae), gradient_checkpointing)
+    return read.components(unet, scheduler, StableDiffusionModel(tokenizer, text_encoder, vae), gradient_checkpointing, vae_decode)

@@ -89,6 +89,7 @@ def load_wan(
     flow_shift: float | None = None,
     max_sequence_length: int = 512,
     gradient_checkpointing: bool = False,
+    vae_decode: str = "whole",
 ) -> dict:
     """-> the components `DiffusionPolicy` takes: denoiser (the Wan transformer), scheduler (flow
     matching at the pipeline's flow shift, or `flow_shift`), model (`WanModel`), base."""
@@ -105,4 +106,4 @@ def load_wan(
                                                 shift=shift)
     model = WanModel(text_encoder, tokenizer, vae, num_frames=num_frames, height=height, width=width,
                      max_sequence_length=max_sequence_length)
-    return read.components(transformer, scheduler, model, gradient_checkpointing)
+    return read.components(transformer, scheduler, model, gradient_checkpointing, vae_decode)

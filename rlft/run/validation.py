@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rlft.models.loading import VAE_DECODES
 from rlft.checks import ConfigError, algorithm_node, check, check_node
 from rlft.run.distributed import check_sharding, world_size  # noqa: F401 (part of this module's interface)
 
@@ -80,6 +81,11 @@ def check_run(cfg: DictConfig) -> None:
           cfg.get("float32_matmul_precision"), "must be auto (high on a CUDA GPU, else highest), highest, high or medium")
     check(cfg.ckpt_path in (None, "last") or str(cfg.ckpt_path).endswith(".ckpt"), "ckpt_path", cfg.ckpt_path,
           "must be last (resume this run directory if it has a checkpoint), null, or a .ckpt file")
+    limit = cfg.get("memory_limit_gib", "auto")
+    check(limit in ("auto", None) or (isinstance(limit, (int, float)) and limit > 0), "memory_limit_gib", limit,
+          "must be auto (the CUDA device's memory when training on one), a number of GiB > 0, or null (no check)")
+    decode = cfg.model.get("vae_decode", "whole")
+    check(decode in VAE_DECODES, "model.vae_decode", decode, f"must be one of {list(VAE_DECODES)}")
 
 
 def validate(cfg: DictConfig) -> None:
