@@ -5,7 +5,6 @@ detect the whole image and read one known character), the shipped prompt set, an
 CLI on the tiny SD3."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
