@@ -13,7 +13,7 @@ from rlft.memory.trace import LiveBytes, traced_attention
 
 
 def build(model: str):
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel, WanTransformer3DModel
 
     if model == "sd35_medium":  # SD3.5 Medium's widths, 2 of its 24 blocks (both with its dual attention)
         net = SD3Transformer2DModel(sample_size=64, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64,
@@ -22,6 +22,15 @@ def build(model: str):
                                     qk_norm="rms_norm", dual_attention_layers=(0, 1))
         inputs = {"hidden_states": (2, 16, 64, 64), "encoder_hidden_states": (2, 205, 4096), "pooled_projections": (2, 2048),
                   "timestep": (2,)}
+    elif model == "sd15":  # SD1.5's UNet in full (`rlft.models.random_sd15`'s architecture)
+        net = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                                   block_out_channels=(320, 640, 1280, 1280))
+        inputs = {"sample": (2, 4, 64, 64), "encoder_hidden_states": (2, 77, 768), "timestep": (2,)}
+    elif model == "wan":  # Wan 2.1 14B's widths, 1 of its 40 blocks, 5 frames of 240x416
+        net = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=1,
+                                    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+        inputs = {"hidden_states": (2, 16, 2, 30, 52), "encoder_hidden_states": (2, 512, 4096), "timestep": (2,)}
     else:  # FLUX.1's widths, 1 double-stream and 2 single-stream blocks
         net = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=128,
                                      num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
