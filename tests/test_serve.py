@@ -4,6 +4,8 @@ requests answered 4xx with a message, a non-finite reward sent as null, and a tr
 reward=http talks to it logging what the same run logs with the reward in-process."""
 
 import base64
+import io
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+from fastapi import HTTPException
+from PIL import Image
 
 from rlft.rewards.http import HttpReward, png_base64
 from rlft.rewards.jpeg import JpegCompressibility
@@ -114,3 +118,54 @@ def test_a_run_on_the_served_reward_logs_what_the_run_in_process_logs(server, tm
     local, served = read_scalars(tmp_path / "local"), read_scalars(tmp_path / "served")
     for tag in ("reward/mean", "reward/std", "eval/oracle_reward", "train/loss"):
         assert local[tag] == served[tag], tag
+
+
+def big_header_png(width: int, height: int) -> str:
+    """A PNG whose header says width x height, with a few bytes of pixels: decoding it would fail (or,
+    were it whole, take width x height bytes); the header alone says how large it is."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()[:200]).decode()
+
+
+def test_an_image_above_max_pixels_is_refused_from_its_header():
+    with pytest.raises(HTTPException) as refused:
+        decode_images([big_header_png(3000, 3000)], max_pixels=4096 * 4096 // 2)
+    assert refused.value.status_code == 413 and "3000 x 3000 = 9000000 pixels" in refused.value.detail
+    assert "serve.max_pixels" in refused.value.detail
+    with pytest.raises(HTTPException) as truncated:  # under the limit, the same image is decoded, and is broken
+        decode_images([big_header_png(3000, 3000)], max_pixels=10**7)
+    assert truncated.value.status_code == 400
+
+
+def test_a_body_above_max_request_bytes_is_refused_before_it_is_read():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(JpegCompressibility(), max_request_bytes=2000))
+    small = {"prompts": ["a"], "images": png_base64(torch.rand(1, 1, 8, 8))}
+    assert client.post("/reward", json=small).status_code == 200
+    large = {"prompts": ["a"] * 40, "images": png_base64(torch.rand(40, 1, 8, 8))}
+    answer = client.post("/reward", json=large)  # with a Content-Length
+    assert answer.status_code == 413 and "reads at most 2000 (serve.max_request_mb)" in answer.text
+    body = json.dumps(large).encode()
+    streamed = client.post("/reward", content=(body[i : i + 500] for i in range(0, len(body), 500)),
+                           headers={"Content-Type": "application/json"})  # chunked: no Content-Length
+    assert streamed.status_code == 413
+
+
+def test_with_a_token_only_requests_that_carry_it_are_answered():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(JpegCompressibility(), token="s3cret"))
+    payload = {"prompts": ["a"], "images": png_base64(torch.rand(1, 1, 8, 8))}
+    assert client.post("/reward", json=payload).status_code == 401
+    assert client.post("/reward", json=payload, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/reward", json=payload, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert HttpReward("http://127.0.0.1:1/reward", token="s3cret").session.headers["Authorization"] == "Bearer s3cret"
+
+
+def test_the_token_is_kept_out_of_the_logged_config():
+    from rlft.run.train import without_secrets
+
+    assert without_secrets({"reward": {"url": "u", "token": "s3cret"}, "serve": [{"token": None}]}) == \
+        {"reward": {"url": "u", "token": "<set>"}, "serve": [{"token": None}]}

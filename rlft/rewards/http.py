@@ -43,7 +43,8 @@ def png_base64(images: torch.Tensor) -> list[str]:
 
 
 class HttpReward:
-    def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 1.0):
+    def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 1.0,
+                 token: str | None = None):
         for name, value, ok, valid in (("timeout_s", timeout_s, timeout_s > 0, "> 0"),
                                        ("retries", retries, retries >= 0, ">= 0"),
                                        ("backoff_s", backoff_s, backoff_s >= 0, ">= 0")):
@@ -57,6 +58,8 @@ class HttpReward:
             allowed_methods=None, raise_on_status=False,
         )
         self.session = requests.Session()
+        if token:  # `rlft serve` with serve.token answers only requests that carry it
+            self.session.headers["Authorization"] = f"Bearer {token}"
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
 

@@ -147,6 +147,16 @@ def matmul_precision(cfg: DictConfig) -> str:
     return "high" if on_gpu and torch.cuda.is_available() else "highest"
 
 
+def without_secrets(node):
+    """The resolved config for TensorBoard and hparams.yaml, a token's value (reward=http's, from
+    RLFT_SERVE_TOKEN) replaced by whether it is set."""
+    if isinstance(node, dict):
+        return {k: ("<set>" if v is not None else None) if k == "token" else without_secrets(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [without_secrets(v) for v in node]
+    return node
+
+
 def tensorboard_hint(log_dir: str) -> str:
     """The run's start line: TensorBoard pointed at the folder above the run, where the run is named
     by its own directory (pointed at the run itself, TensorBoard names it `.`)."""
@@ -157,7 +167,7 @@ def tensorboard_hint(log_dir: str) -> str:
 def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(matmul_precision(cfg))
     module, data, trainer = build(cfg)
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = without_secrets(OmegaConf.to_container(cfg, resolve=True))
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(hparams)  # visible (and in hparams.yaml) while it runs
         if trainer.is_global_zero:
