@@ -119,3 +119,13 @@ def test_sliced_decoding_gives_the_same_images_and_lowers_the_sampling_peak(tmp_
     sampling = lambda decode: next(p for p in plan_run(compose_cfg(
         ["model=sd15", f"model.vae_decode={decode}", "algorithm.sample_batch_size=8"])).phases if p.name == "sampling")
     assert sampling("sliced").total < 0.8 * sampling("whole").total
+
+
+def test_the_plan_of_a_sharded_run_holds_a_shard_of_the_denoiser():
+    whole = plan_run(compose_cfg(["model=sd35_medium", "algorithm.sample_batch_size=2", "algorithm.train_batch_size=1"]))
+    sharded = plan_run(compose_cfg(["model=sd35_medium", "algorithm.sample_batch_size=2", "algorithm.train_batch_size=1",
+                                    "trainer=fsdp2", "trainer.devices=8"]))
+    training = lambda plan: next(p for p in plan.phases if p.name == "training").parts
+    frozen = training(whole)["denoiser (frozen)"]
+    shard = training(sharded)["denoiser (frozen): 1/8 shard + 2 blocks gathered"]
+    assert frozen / 8 < shard < frozen / 4  # its eighth, and two of its 24 blocks whole

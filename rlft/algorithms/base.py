@@ -19,6 +19,7 @@ from rlft.diffusion.policy import DiffusionPolicy
 from rlft.run.answers import AnswerStore
 from rlft.run.checkpoints import check_resumable, keep_trained_state
 from rlft.run.distributed import check_sharding, sum_over_ranks
+from rlft.run.sharding import shard_denoiser, uses_fsdp2
 from rlft.run.rng import get_rng_state, reseed_at_fit_start, set_rng_state
 from rlft.run.sample_images import sample_grid, video_summary
 
@@ -104,6 +105,11 @@ class RLModule(L.LightningModule):
         if hasattr(writer, "add_custom_scalars"):
             writer.add_custom_scalars(TENSORBOARD_LAYOUT)
 
+
+    def configure_model(self) -> None:
+        """trainer=fsdp2: the denoiser sharded block by block over the processes (`rlft.run.sharding`)."""
+        if uses_fsdp2(self._trainer):
+            shard_denoiser(self.policy.denoiser, self.device_mesh["data_parallel"])
 
     def on_fit_start(self) -> None:
         """A run's prompts are fixed: encode each once, now that the model is on its device (one

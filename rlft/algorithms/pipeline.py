@@ -39,6 +39,7 @@ from rlft.rewards.scorer import Scorer
 from rlft.run.distributed import (check_sharding, gather, grad_sync, mean_over_ranks, rank_and_world, shard,
                                   sum_over_ranks, world_size)
 from rlft.run.preemption import stop_if_requested
+from rlft.run.sharding import gathered, sharded_like, uses_fsdp2
 from rlft.types import PromptEmbeds, Trajectories
 
 
@@ -127,6 +128,7 @@ class OnlineRL(RLModule):
         self.epoch_steps = self.epoch_skipped_steps = 0
         self.optimizer_steps = 0  # every optimizer step of the run, skipped ones included (DiffusionNFT's decay ramp)
         # An EMA of the trained weights, stepped with every optimizer step, that evaluation samples with.
+        self.ema_decay = ema_decay
         self.ema = evaluation_ema(policy.trainable_parameters(), ema_decay) if ema_decay is not None else None
 
     @classmethod
@@ -186,6 +188,11 @@ class OnlineRL(RLModule):
 
     def micro_batching(self) -> tuple:
         return self.train_batch_size, self.gradient_accumulation_steps
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.ema is not None and uses_fsdp2(self._trainer):  # its copies sharded as the weights now are
+            self.ema = evaluation_ema(self.policy.trainable_parameters(), self.ema_decay)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -486,13 +493,19 @@ class OnlineRL(RLModule):
         return grad_norm
 
     # -- checkpoints ---------------------------------------------------------------------
+    def ema_state(self) -> dict:
+        """The EMA's state with its copies whole (gathered under trainer=fsdp2: every process calls it)."""
+        state = self.ema.state_dict()
+        state["shadow_params"] = [gathered(p) for p in state["shadow_params"]]
+        return state
+
     def extra_state(self) -> dict:
         return {
             "stat_tracker": self.stat_tracker.state_dict() if self.stat_tracker else None,
             "component_trackers": {n: t.state_dict() for n, t in (self.component_trackers or {}).items()},
             "optimizer_steps": self.optimizer_steps,
             "learned_reward": self.learned.state_dict() if self.learned is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": self.ema_state() if self.ema is not None else None,
         }
 
     def load_extra_state(self, state: dict) -> None:
@@ -506,3 +519,5 @@ class OnlineRL(RLModule):
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.to(self.device)
+            self.ema.shadow_params = [sharded_like(p, s) for p, s in zip(self.policy.trainable_parameters(),
+                                                                          self.ema.shadow_params, strict=True)]

@@ -19,6 +19,8 @@ import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from rlft.run.sharding import gathered, sharded_like
+
 POLICY_ADAPTER = "default"  # the adapter DiffusionPolicy adds and trains (peft's default name)
 ADAPTER = "reference"
 
@@ -103,12 +105,13 @@ class AdapterReference:
             theirs.copy_(theirs * decay + mine * (1.0 - decay))
 
     def state_dict(self) -> dict:
-        return {"kind": "adapter", "weights": [theirs.detach().clone() for _, theirs in self.pairs()]}
+        """The adapter's weights whole (gathered under trainer=fsdp2: every process calls it)."""
+        return {"kind": "adapter", "weights": [gathered(theirs.detach()).clone() for _, theirs in self.pairs()]}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
         for (_, theirs), saved in zip(self.pairs(), state["weights"], strict=True):
-            theirs.copy_(saved)
+            theirs.copy_(sharded_like(theirs, saved))
 
 
 class WeightsReference:

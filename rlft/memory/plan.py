@@ -31,6 +31,7 @@ from rlft.memory.host import trajectory_bytes
 from rlft.memory.meta import on_meta_device
 from rlft.memory.trace import LiveBytes, traced_attention
 from rlft.models.loading import DTYPES
+from rlft.run.sharding import blocks
 
 GiB = 2**30
 # The CUDA context and kernels (about 0.5-1 GiB on an H100) and the caching allocator's
@@ -154,11 +155,19 @@ def plan_run(cfg: DictConfig) -> Plan:
                  "AdamW moments (float32)": 8 * sum(p.numel() for p in trained)}
         held = {"denoiser (frozen)": nbytes(frozen), "VAE and other frozen parts": nbytes(model.parameters()) - encoder_weights,
                 "reward model": reward_bytes(cfg.reward)}
+        if "ModelParallelStrategy" in str(cfg.trainer.get("strategy")) and world > 1:
+            # trainer=fsdp2: a process holds 1/N of the denoiser and of its training state, and gathers
+            # two blocks whole at a time (the one computing and the next, prefetched)
+            gathered_blocks = 2 * max(nbytes(b.parameters()) for b in blocks(policy.denoiser))
+            del held["denoiser (frozen)"]
+            held[f"denoiser (frozen): 1/{world} shard + 2 blocks gathered"] = nbytes(frozen) // world + gathered_blocks
+            state = {f"{k}: 1/{world} shard": v // world for k, v in state.items()}
         evaluation_rewards = sum(reward_bytes(DictConfig({"name": str(n)})) for n in cfg.evaluation.get("rewards", []) or [])
         offload = bool(algorithm.get("offload", False))
         trajectories = {f"stored trajectories ({kept} samples x {steps} steps)": 0 if offload else per_sample * kept}
         phases = [
-            Phase("encoding", {**held, "trained weights": state["trained weights"], "text encoders": encoder_weights,
+            Phase("encoding", {**held, **{k: v for k, v in state.items() if k.startswith("trained weights")},
+                               "text encoders": encoder_weights,
                                f"encoding activations ({ENCODE_BATCH} prompts)": encoding.peak}),
             Phase("sampling", {**held, **state, **trajectories,
                                f"sampling and decoding ({sample_batch} samples)": sampling.peak}),
@@ -182,6 +191,8 @@ def fit_advice(cfg: DictConfig, plan: Plan, device_bytes: int) -> str:
         knobs.append("model.dtype=bfloat16 (the text encoders' weights)" if cfg.model.get("dtype") == "float32" else
                      "fewer or smaller text encoders (e.g. model.use_t5=false on SD3)")
     if phase.name == "training":
+        if "ModelParallelStrategy" not in str(cfg.trainer.get("strategy")):
+            knobs.append("trainer=fsdp2 (the denoiser sharded over the processes)")
         if (algorithm.get("train_batch_size") or 1) > 1:
             knobs.append(f"algorithm.train_batch_size={algorithm.train_batch_size} (smaller)")
         if not cfg.model.get("gradient_checkpointing", False):
@@ -196,7 +207,7 @@ def fit_advice(cfg: DictConfig, plan: Plan, device_bytes: int) -> str:
         knobs.append(f"policy.latent_size (now {plan.latent_size}; smaller: fewer pixels)")
     if phase.name != "training" or not knobs:
         knobs.append(f"trainer.devices (more processes share data.samples_per_epoch={cfg.data.samples_per_epoch})")
-    return ", ".join(knobs) + "; or shard the model over the GPUs (not yet in rlft: issue #36)"
+    return ", ".join(knobs)
 
 
 def size(n: int) -> str:

@@ -88,11 +88,12 @@ class DiffusionModel(nn.Module):
         """Latents -> images (B, C, H, W) in [0, 1] (videos (B, F, C, H, W)); here an `AutoencoderKL`'s."""
         return vae_decode(self.vae, latents)
 
-    def save_lora(self, denoiser: nn.Module, dirpath: str | Path) -> None:
+    def save_lora(self, denoiser: nn.Module, dirpath: str | Path, state: dict | None = None) -> None:
+        """`state`: the LoRA's state dict when the caller has gathered it (trainer=fsdp2), else read."""
         import diffusers.loaders
 
         save = save_unet_lora if self.lora_format == "unet" else save_transformer_lora
-        save(denoiser, dirpath, getattr(diffusers.loaders, self.lora_loader))
+        save(denoiser, dirpath, getattr(diffusers.loaders, self.lora_loader), state or get_peft_model_state_dict(denoiser))
 
 
 class PackedLatentsModel(DiffusionModel):
@@ -132,22 +133,22 @@ def unet_denoise(denoiser, latents, timesteps, embeds: PromptEmbeds, **added_con
     return denoiser(latents, timesteps, encoder_hidden_states=embeds.tokens, **added_cond).sample
 
 
-def save_unet_lora(denoiser: nn.Module, dirpath, loader) -> None:
+def save_unet_lora(denoiser: nn.Module, dirpath, loader, state: dict) -> None:
     """A UNet's LoRA in diffusers' UNet key format, as `loader` (the pipeline's LoRA mixin,
     e.g. `StableDiffusionLoraLoaderMixin`) reads it, rank and alpha included."""
     from diffusers.utils import convert_state_dict_to_diffusers
 
     loader.save_lora_weights(
-        dirpath, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser)),
+        dirpath, unet_lora_layers=convert_state_dict_to_diffusers(state),
         unet_lora_adapter_metadata=denoiser.peft_config["default"].to_dict(), safe_serialization=True,
     )
 
 
-def save_transformer_lora(denoiser: nn.Module, dirpath, loader) -> None:
+def save_transformer_lora(denoiser: nn.Module, dirpath, loader, state: dict) -> None:
     """A transformer's LoRA in peft's key format, as `loader` (SD3's, FLUX's LoRA mixin) reads it
     (and diffusers' own LoRA training scripts write it), rank and alpha included."""
     loader.save_lora_weights(
-        dirpath, transformer_lora_layers=get_peft_model_state_dict(denoiser),
+        dirpath, transformer_lora_layers=state,
         transformer_lora_adapter_metadata=denoiser.peft_config["default"].to_dict(), safe_serialization=True,
     )
 

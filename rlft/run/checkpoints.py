@@ -52,7 +52,8 @@ def trained_keys(module: L.LightningModule, also: tuple[str, ...] = ()) -> list[
 def keep_trained_state(module: L.LightningModule, checkpoint: dict, also: tuple[str, ...] = ()) -> None:
     """Call from `on_save_checkpoint`: drops the frozen weights from the checkpoint."""
     keys = trained_keys(module, also)
-    checkpoint["state_dict"] = {k: checkpoint["state_dict"][k] for k in keys}
+    # (trainer=fsdp2 gathers the whole state dict on rank 0 alone: the other ranks' is empty, and not written)
+    checkpoint["state_dict"] = {k: checkpoint["state_dict"][k] for k in keys if k in checkpoint["state_dict"]}
     policy = module.policy
     checkpoint["rlft_base"] = {"format": FORMAT, "fingerprint": policy.base_fingerprint, "adapter": policy.adapter_settings}
 

@@ -10,6 +10,9 @@ Which key format that pipeline reads is the model family's to say (`DiffusionMod
 from pathlib import Path
 
 import lightning as L
+from peft.utils import get_peft_model_state_dict
+
+from rlft.run.sharding import full_tensors, uses_fsdp2
 
 
 class LoraExport(L.Callback):
@@ -18,6 +21,10 @@ class LoraExport(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         policy = pl_module.policy
-        if not trainer.is_global_zero or not getattr(policy.denoiser, "peft_config", None):
+        if not getattr(policy.denoiser, "peft_config", None):
             return  # full fine-tuning: the Lightning checkpoint holds the weights
-        policy.model.save_lora(policy.denoiser, self.dirpath)
+        state = None
+        if uses_fsdp2(trainer):  # every process gathers the sharded LoRA; rank 0 writes it
+            state = full_tensors(get_peft_model_state_dict(policy.denoiser))
+        if trainer.is_global_zero:
+            policy.model.save_lora(policy.denoiser, self.dirpath, state)

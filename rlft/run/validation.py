@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlft.models.loading import VAE_DECODES
+from rlft.run.sharding import check_fsdp2
 from rlft.checks import ConfigError, algorithm_node, check, check_node
 from rlft.run.distributed import check_sharding, world_size  # noqa: F401 (part of this module's interface)
 
@@ -66,11 +67,13 @@ def check_hardware(cfg: DictConfig) -> None:
     check(not (on_cpu and dtype == "float16"), "model.dtype", dtype,
           "float16 weights need a GPU (trainer.accelerator=gpu); on a CPU use model.dtype=float32")
     strategy = str(t.get("strategy", "auto"))
-    # FSDP/DeepSpeed shard the weights: the algorithms' own gradient clipping (a local norm)
-    # and their many backward passes inside one training_step would be wrong there.
-    check(not any(name in strategy for name in ("fsdp", "deepspeed")), "trainer.strategy", strategy,
-          "sharded strategies are not supported by the algorithms yet; use ddp (docs/scaling.md: full "
-          "fine-tuning of SD 1.x/2.x fits one 40-80 GB GPU per process)")
+    # Lightning's FSDP1 and DeepSpeed strategies shard the weights their own way: the algorithms'
+    # gradient clipping and many backward passes a training_step are written for DDP and for FSDP2
+    # (trainer=fsdp2: ModelParallelStrategy, rlft.run.sharding).
+    check("ModelParallelStrategy" in strategy or not any(name in strategy for name in ("fsdp", "deepspeed")),
+          "trainer.strategy", strategy, "is not supported by the algorithms; shard the model with trainer=fsdp2 "
+          "(FSDP2), or use ddp (docs/scaling.md)")
+    check_fsdp2(cfg)
 
 
 def check_run(cfg: DictConfig) -> None:
