@@ -94,7 +94,8 @@ class HeldOutEvaluation:
         # Each chunk decoded and scored while the next samples: the pass costs its sampling, not more.
         trajectories, asked = sample_and_score(policy, prompts, self.batch_size, noise, lambda part, chunk: self.ask(
             answers, f"{key}/samples={mine.start + chunk.start}-{mine.start + chunk.stop}", part.images, part.prompts),
-            progress=progress, desc="evaluating", keep_trajectories=False)
+            progress=progress, desc="evaluating", keep_trajectories=False,
+            store=lambda part, chunk: part.store("cpu"))  # scored: its images wait for the sample grid in host memory
         self.unet_evaluations += policy.unet_evaluations - before
         parts = torch.cat(asked)  # (B, K): the trained reward (or each component), then the held-out ones
         components = self.scorer.components

@@ -39,7 +39,8 @@ from rlft.rewards.scorer import Scorer
 from rlft.run.distributed import (check_sharding, gather, grad_sync, mean_over_ranks, rank_and_world, shard,
                                   sum_over_ranks, world_size)
 from rlft.run.preemption import stop_if_requested
-from rlft.run.sharding import gathered, sharded_like, uses_fsdp2
+from rlft.diffusion.dtensors import gathered, sharded_like
+from rlft.run.sharding import uses_fsdp2
 from rlft.types import PromptEmbeds, Trajectories
 
 

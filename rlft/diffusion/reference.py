@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from rlft.run.sharding import gathered, sharded_like
+from rlft.diffusion.dtensors import gathered, sharded_like
 
 POLICY_ADAPTER = "default"  # the adapter DiffusionPolicy adds and trains (peft's default name)
 ADAPTER = "reference"

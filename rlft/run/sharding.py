@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from rlft.checks import check
+from rlft.diffusion.dtensors import gathered
 
 # The algorithms trained sharded; SEIKO's truncated backpropagation through the sampling chain and
 # its reward ensemble are not ported yet.
@@ -48,23 +49,7 @@ def shard_denoiser(denoiser: nn.Module, mesh) -> None:
 
 def full_tensors(state: dict) -> dict:
     """A state dict's sharded tensors gathered whole (a collective: every process calls it)."""
-    from torch.distributed.tensor import DTensor
-
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
-
-
-def gathered(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded tensor gathered whole (a collective), for a checkpoint; any other as it is."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def sharded_like(parameter: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
-    """A whole tensor from a checkpoint, sharded as `parameter` is (itself when it is not sharded)."""
-    if not hasattr(parameter, "device_mesh"):
-        return whole
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(whole.to(parameter.device_mesh.device_type), parameter.device_mesh, parameter.placements)
+    return {k: gathered(v) for k, v in state.items()}
 
 
 def check_fsdp2(cfg) -> None:
