@@ -24,9 +24,11 @@ TINY = ["policy.num_steps=3", "trainer.accelerator=cpu", "reward=digit_alignment
 ALL_TIMESTEPS = "algorithm.timestep_fraction=1.0"
 
 
-def two_and_one(tmp_path, model_dir, common: list[str], one: list[str], two: list[str]):
+def two_and_one(tmp_path, model_dir, common: list[str], one: list[str], two: list[str],
+                parallel: tuple[str, ...] = ("trainer.devices=2", "trainer.strategy=ddp")):
+    """`parallel`: how the two processes run (DDP here; test_fsdp2.py: trainer=fsdp2)."""
     runs = {}
-    for name, extra in (("one", one), ("two", [*two, "trainer.devices=2", "trainer.strategy=ddp"])):
+    for name, extra in (("one", one), ("two", [*two, *parallel])):
         result = run_rlft(f"model.pretrained={model_dir}", *TINY, *common, *extra, f"hydra.run.dir={tmp_path / name}",
                           cwd=tmp_path)
         runs[name] = (tmp_path / name, result.stdout + result.stderr)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.test_ddp import ALL_TIMESTEPS, TINY, assert_same_run
+from tests.test_ddp import ALL_TIMESTEPS, TINY, assert_same_run, two_and_one
 from tests.test_end_to_end import run_rlft
 
 ONE = ["algorithm.sample_batch_size=8", "algorithm.train_batch_size=4"]
@@ -17,14 +17,9 @@ TWO = ["algorithm.sample_batch_size=4", "algorithm.train_batch_size=2"]  # per p
 
 
 def sharded_and_one(tmp_path, model_dir, common: list[str]):
-    runs = {}
-    for name, extra in (("one", ONE), ("two", [*TWO, "trainer=fsdp2", "trainer.devices=2"])):
-        result = run_rlft(f"model.pretrained={model_dir}", *TINY, *common, *extra, f"hydra.run.dir={tmp_path / name}",
-                          cwd=tmp_path)
-        runs[name] = (tmp_path / name, result.stdout + result.stderr)
-    assert "GLOBAL_RANK: 1" in runs["two"][1]
-    assert (tmp_path / "two" / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    return runs["one"][0], runs["two"][0]
+    one, two = two_and_one(tmp_path, model_dir, common, ONE, TWO, parallel=("trainer=fsdp2", "trainer.devices=2"))
+    assert (two / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    return one, two
 
 
 @pytest.mark.slow  # ~40 s each (three runs' worth of processes): run by .ci/run after the default suite
