@@ -183,7 +183,7 @@ def plan_run(cfg: DictConfig) -> Plan:
     return Plan(phases, world, notes, policy.latent_size)
 
 
-def fit_advice(cfg: DictConfig, plan: Plan, device_bytes: int) -> str:
+def fit_advice(cfg: DictConfig, plan: Plan) -> str:
     """The settings that bring the peak phase down, for a plan that does not fit."""
     phase, algorithm = plan.peak, cfg.algorithm
     knobs = []

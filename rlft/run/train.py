@@ -42,7 +42,7 @@ def check_memory(cfg: DictConfig) -> None:
     if plan.peak.with_overhead() > limit:
         raise ConfigError(f"memory_limit_gib={cfg.memory_limit_gib}: this run's plan does not fit: its {plan.peak.name} "
                           f"peaks at {plan.peak.with_overhead() / 2**30:.1f} GiB a process with overhead, over "
-                          f"{limit / 2**30:.1f} GiB. To fit, change: {fit_advice(cfg, plan, limit)}; "
+                          f"{limit / 2**30:.1f} GiB. To fit, change: {fit_advice(cfg, plan)}; "
                           f"`rlft memory <the same overrides>` prints the whole plan:\n{describe(plan, limit)}")
     log.info(f"memory plan: peak {plan.peak.name}, {plan.peak.with_overhead() / 2**30:.1f} GiB of {limit / 2**30:.1f}")
 

@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> None:
         limit = device_bytes(cfg)
         print(describe(plan, limit))
         if limit and plan.peak.with_overhead() > limit:
-            print(f"to fit, change: {fit_advice(cfg, plan, limit)}")
+            print(f"to fit, change: {fit_advice(cfg, plan)}")
             sys.exit(1)
 
 
